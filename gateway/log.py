@@ -1,0 +1,288 @@
+"""The append-only, hash-chained message log.
+
+Every record carries the hash of the record before it, so changing, deleting, inserting
+or reordering records breaks the chain where it happened. The pure half of this module
+(:func:`canonical_bytes`, :func:`record_hash`, :func:`chain`, :func:`verify`) does no I/O.
+:class:`MessageLog` is the shell around a :class:`LogStore`: it keeps the chain head in
+memory, hands out sequence numbers synchronously and makes records durable by group
+commit, so concurrent requests share one database transaction.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import hashlib
+import json
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from types import MappingProxyType
+from typing import Protocol, TypeAlias
+
+__all__ = [
+    "GENESIS_HASH",
+    "JSONValue",
+    "LogEntry",
+    "LogRecord",
+    "LogStore",
+    "MessageLog",
+    "Verification",
+    "canonical_bytes",
+    "canonical_json",
+    "chain",
+    "record_hash",
+    "verify",
+]
+
+JSONValue: TypeAlias = str | int | float | bool | list["JSONValue"] | dict[str, "JSONValue"] | None
+
+
+def _b64url(data: bytes) -> str:
+    return base64.urlsafe_b64encode(data).rstrip(b"=").decode("ascii")
+
+
+GENESIS_HASH: str = _b64url(bytes(32))
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class LogEntry:
+    """What a caller appends: a kind, the injected time and the JSON fields to record."""
+
+    kind: str
+    at: float
+    fields: Mapping[str, JSONValue]
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class LogRecord:
+    """An entry placed in the chain: its sequence number, predecessor hash and own hash."""
+
+    seq: int
+    at: float
+    kind: str
+    fields: Mapping[str, JSONValue]
+    prev: str
+    hash: str
+
+
+def canonical_json(value: Mapping[str, object]) -> str:
+    """Canonical JSON text of a mapping (sorted keys, no spaces, UTF-8, no NaN)."""
+    return json.dumps(
+        dict(value), sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False
+    )
+
+
+def canonical_bytes(
+    seq: int, at: float, kind: str, fields: Mapping[str, JSONValue], prev: str
+) -> bytes:
+    """The exact bytes a record's hash covers.
+
+    ``at`` is hashed as a float, so ``0`` and ``0.0`` give the same bytes (the store reads
+    a REAL column back as a float). Raises ``ValueError`` for NaN or infinite numbers and
+    ``TypeError`` for values that are not JSON.
+    """
+    document = {"seq": seq, "at": float(at), "kind": kind, "fields": dict(fields), "prev": prev}
+    return canonical_json(document).encode("utf-8")
+
+
+def record_hash(seq: int, at: float, kind: str, fields: Mapping[str, JSONValue], prev: str) -> str:
+    """base64url (no padding) of the SHA-256 of :func:`canonical_bytes`."""
+    return _b64url(hashlib.sha256(canonical_bytes(seq, at, kind, fields, prev)).digest())
+
+
+def chain(entry: LogEntry, *, seq: int, prev: str) -> LogRecord:
+    """Place ``entry`` at ``seq`` after the record whose hash is ``prev``.
+
+    The fields are snapshotted through their canonical JSON, so the record holds exactly
+    what a store will read back (tuples become lists) and later changes to the caller's
+    mapping cannot desynchronise the record from its hash.
+    """
+    text = canonical_json(entry.fields)
+    fields: dict[str, JSONValue] = json.loads(text)
+    at = float(entry.at)
+    digest = record_hash(seq, at, entry.kind, fields, prev)
+    return LogRecord(
+        seq=seq,
+        at=at,
+        kind=entry.kind,
+        fields=MappingProxyType(fields),
+        prev=prev,
+        hash=digest,
+    )
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Verification:
+    """The result of :func:`verify`: whether the chain holds and, if not, where it breaks."""
+
+    ok: bool
+    records: int
+    first_bad_seq: int | None
+    problem: str | None
+
+
+def _bad(records: int, seq: int, problem: str) -> Verification:
+    return Verification(ok=False, records=records, first_bad_seq=seq, problem=problem)
+
+
+def _check_record(record: LogRecord, expected_seq: int, prev_hash: str) -> str | None:
+    """The problem with ``record`` at position ``expected_seq``, or None."""
+    if record.seq > expected_seq:
+        last = expected_seq - 1
+        return f"record {expected_seq} is missing (sequence jumps from {last} to {record.seq})"
+    if record.seq < expected_seq:
+        return (
+            f"record {expected_seq} is out of place "
+            f"(record {record.seq} appears again after record {expected_seq - 1})"
+        )
+    if record.prev != prev_hash:
+        if expected_seq == 1:
+            return "record 1 does not start the chain (prev is not the genesis hash)"
+        return (
+            f"record {expected_seq} does not follow record {expected_seq - 1} (prev hash mismatch)"
+        )
+    try:
+        computed = record_hash(record.seq, record.at, record.kind, record.fields, record.prev)
+    except (TypeError, ValueError):
+        return f"record {expected_seq} was modified (its content is not canonical JSON)"
+    if computed != record.hash:
+        return f"record {expected_seq} was modified (hash mismatch)"
+    return None
+
+
+def verify(
+    records: Iterable[LogRecord], *, expected_head: tuple[int, str] | None = None
+) -> Verification:
+    """Check a chain read in store order (seq ascending), stopping at the first problem.
+
+    Detects modified records (hash mismatch), deleted ones (sequence gap), inserted or
+    reordered ones (sequence out of step or prev mismatch) and, when ``expected_head`` is
+    given, a tail that was truncated or extended. ``first_bad_seq`` is the first sequence
+    number at which the log differs from a valid chain; ``records`` counts the records
+    read, including the bad one. Uses constant memory.
+    """
+    expected_seq = 1
+    prev_hash = GENESIS_HASH
+    count = 0
+    for record in records:
+        count += 1
+        if expected_head is not None and expected_seq > expected_head[0]:
+            return _bad(
+                count,
+                expected_seq,
+                f"record {expected_seq} is beyond the expected head (record {expected_head[0]})",
+            )
+        problem = _check_record(record, expected_seq, prev_hash)
+        if problem is not None:
+            return _bad(count, expected_seq, problem)
+        prev_hash = record.hash
+        expected_seq += 1
+    last_seq = expected_seq - 1
+    if expected_head is not None:
+        head_seq, head_hash = expected_head
+        if last_seq < head_seq:
+            return _bad(
+                count,
+                expected_seq,
+                f"record {expected_seq} is missing (the log ends at record {last_seq}, "
+                f"expected head is record {head_seq})",
+            )
+        if prev_hash != head_hash:
+            return _bad(
+                count, head_seq, f"record {head_seq} is not the expected head (hash mismatch)"
+            )
+    return Verification(ok=True, records=count, first_bad_seq=None, problem=None)
+
+
+class LogStore(Protocol):
+    """Durable storage of log records (SQLite now, PostgreSQL later)."""
+
+    def head(self) -> tuple[int, str] | None:
+        """(last seq, last hash), or None when the store is empty."""
+        ...
+
+    def write(self, records: Sequence[LogRecord]) -> None:
+        """Append ``records`` in one transaction; they are durable on return."""
+        ...
+
+    def records(self, *, after: int = 0) -> Iterator[LogRecord]:
+        """The records with seq greater than ``after``, by seq ascending."""
+        ...
+
+    def close(self) -> None:
+        """Release the store's resources."""
+        ...
+
+
+class MessageLog:
+    """In-memory chain head + group commit. append() is synchronous (so the pure pipeline and
+    the shell can get seq/hash for a receipt without awaiting); durability is awaited separately.
+    """
+
+    def __init__(self, store: LogStore) -> None:
+        self._store = store
+        self._head: tuple[int, str] = store.head() or (0, GENESIS_HASH)
+        self._durable_seq = self._head[0]
+        self._buffer: list[LogRecord] = []
+        self._flush_done: asyncio.Event | None = None
+        self._closed = False
+
+    @property
+    def head(self) -> tuple[int, str]:
+        """(seq, hash) of the last appended record; (0, GENESIS_HASH) when empty."""
+        return self._head
+
+    @property
+    def durable_seq(self) -> int:
+        """The highest seq known to be written to the store."""
+        return self._durable_seq
+
+    def append(self, entry: LogEntry) -> LogRecord:
+        """Assign the next seq, chain the entry and buffer it until the next write."""
+        if self._closed:
+            raise RuntimeError("the message log is closed")
+        seq, prev = self._head
+        record = chain(entry, seq=seq + 1, prev=prev)
+        self._buffer.append(record)
+        self._head = (record.seq, record.hash)
+        return record
+
+    async def sync(self, seq: int | None = None) -> None:
+        """Return once every record up to ``seq`` (default: all appended) is durable.
+
+        Concurrent callers share one ``store.write``. If a write fails, its records go back
+        to the front of the buffer and the error is raised to the caller that ran it; the
+        others retry the write themselves.
+        """
+        target = self._head[0] if seq is None else seq
+        if target > self._head[0]:
+            raise ValueError(f"cannot sync record {target}: the log head is {self._head[0]}")
+        while self._durable_seq < target:
+            if self._flush_done is not None:
+                await self._flush_done.wait()
+            else:
+                await self._flush()
+
+    async def _flush(self) -> None:
+        done = self._flush_done = asyncio.Event()
+        try:
+            await asyncio.sleep(0)  # let concurrent appends join this batch
+            batch, self._buffer = self._buffer, []
+            if batch:
+                try:
+                    self._store.write(batch)
+                except BaseException:
+                    self._buffer[:0] = batch
+                    raise
+                self._durable_seq = batch[-1].seq
+        finally:
+            self._flush_done = None
+            done.set()
+
+    async def aclose(self) -> None:
+        """Make everything durable, then close the store. Closing twice is harmless."""
+        if self._closed:
+            return
+        await self.sync()
+        self._closed = True
+        self._store.close()

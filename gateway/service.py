@@ -1,0 +1,288 @@
+"""The gateway as a service: the pipeline's effects, forwarding, receipts, operator actions.
+
+:class:`Gateway` is the imperative shell around :func:`gateway.pipeline.decide`. It does
+not know HTTP: :meth:`Gateway.relay` takes a :class:`WireRequest` and returns a
+:class:`WireResponse`, so the aiohttp adapter and the in-memory transport of virtual time
+run exactly the same code.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import heapq
+import json
+import math
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+
+import structlog
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+from gateway.clock import Clock, Randomness
+from gateway.log import JSONValue, LogEntry, LogRecord, MessageLog
+from gateway.metrics import GatewayMetrics
+from gateway.pipeline import Bucket, Context, Decision, Limits, Verdict, decide, decide_response
+from gateway.protocol import (
+    HEADER_RECEIPT,
+    HEADER_SIGNATURE,
+    PROBLEM_CONTENT_TYPE,
+    TYP_RECEIPT,
+    MessageClaims,
+    ProblemCode,
+    ReceiptClaims,
+    problem_document,
+    sign_token,
+)
+from gateway.registry import Registry
+from gateway.transport import Transport, TransportError, WireRequest, WireResponse
+from gateway.trust import KeyRecord, TrustStore
+
+__all__ = ["Gateway", "GatewayConfig", "header", "problem_response"]
+
+_log = structlog.get_logger("pasarela.gateway")
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class GatewayConfig:
+    code: str = "PASARELA"
+    limits: Limits = field(default_factory=Limits)
+    forward_timeout: float = 10.0
+
+
+def header(headers: Mapping[str, str], name: str) -> str | None:
+    """Case-insensitive lookup in a plain mapping of headers."""
+    value = headers.get(name)
+    if value is not None:
+        return value
+    lowered = name.lower()
+    return next((v for k, v in headers.items() if k.lower() == lowered), None)
+
+
+def problem_response(
+    code: ProblemCode, detail: str, *, jti: str | None = None, retry_after: float | None = None
+) -> WireResponse:
+    """A problem+json response (RFC 9457) for ``code``."""
+    headers = {"Content-Type": PROBLEM_CONTENT_TYPE}
+    if retry_after is not None:
+        headers["Retry-After"] = str(max(1, math.ceil(retry_after)))
+    body = json.dumps(problem_document(code, detail, jti=jti)).encode()
+    return WireResponse(status=code.status, headers=headers, body=body)
+
+
+def _claims_fields(claims: MessageClaims) -> dict[str, JSONValue]:
+    fields: dict[str, JSONValue] = {
+        "iss": claims.iss,
+        "aud": claims.aud,
+        "svc": claims.svc,
+        "jti": claims.jti,
+        "bh": claims.bh,
+    }
+    if claims.corr is not None:
+        fields["corr"] = claims.corr
+    return fields
+
+
+@dataclass(slots=True)
+class _Seen:
+    """An accepted message, remembered until it can no longer be replayed."""
+
+    bh: str
+    exp: int
+    outcome: asyncio.Future[WireResponse]
+
+
+class Gateway:
+    """One gateway: trust, registry, log, replay cache, rate limits, and the relay."""
+
+    def __init__(
+        self,
+        *,
+        config: GatewayConfig,
+        key: Ed25519PrivateKey,
+        trust: TrustStore,
+        registry: Registry,
+        log: MessageLog,
+        transport: Transport,
+        clock: Clock,
+        randomness: Randomness,
+        persist: Callable[[], None] | None = None,
+        metrics: GatewayMetrics | None = None,
+    ) -> None:
+        self.config = config
+        self.trust = trust
+        self.registry = registry
+        self.log = log
+        self.transport = transport
+        self.clock = clock
+        self.randomness = randomness
+        self.metrics = metrics or GatewayMetrics()
+        self.persist = persist or (lambda: None)
+        self._key = key
+        self._seen: dict[tuple[str, str], _Seen] = {}
+        self._expiry: list[tuple[int, str, str]] = []
+        self._buckets: dict[str, Bucket] = {}
+        self.key_record = self._own_key()
+
+    def _own_key(self) -> KeyRecord:
+        public = self._key.public_key()
+        for record in self.trust.records():
+            if record.agency == self.config.code and record.public_key == public:
+                return record
+        raise ValueError(f"no certificate for gateway {self.config.code}'s key")
+
+    def context(self) -> Context:
+        """What the pure pipeline sees now."""
+        return Context(
+            now=self.clock.now(),
+            trust=self.trust,
+            registry=self.registry,
+            seen=self._seen,
+            buckets=self._buckets,
+            limits=self.config.limits,
+        )
+
+    # -- the relay ----------------------------------------------------------------------
+    async def relay(self, request: WireRequest) -> WireResponse:
+        """Handle ``POST /v1/messages``: decide, log, forward, verify the answer, relay it."""
+        started = self.clock.now()
+        self._prune(started)
+        signature = header(request.headers, HEADER_SIGNATURE)
+        decision = decide(signature, request.body, self.context())
+        if decision.bucket is not None and decision.claims is not None:
+            self._buckets[decision.claims.iss] = decision.bucket
+        if decision.verdict is Verdict.RETRY:
+            assert decision.claims is not None
+            self.metrics.messages.labels("retried", "").inc()
+            seen = self._seen[(decision.claims.iss, decision.claims.jti)]
+            return await asyncio.shield(seen.outcome)
+        if decision.verdict is Verdict.REJECT:
+            response = await self.refuse(decision, kind="rejection")
+        else:
+            response = await self._deliver(decision, signature or "", request.body)
+        self.metrics.latency.observe(max(0.0, self.clock.now() - started))
+        return response
+
+    async def _deliver(self, decision: Decision, signature: str, body: bytes) -> WireResponse:
+        claims = decision.claims
+        assert claims is not None
+        outcome: asyncio.Future[WireResponse] = asyncio.get_running_loop().create_future()
+        self._seen[(claims.iss, claims.jti)] = _Seen(claims.bh, claims.exp, outcome)
+        heapq.heappush(self._expiry, (claims.exp, claims.iss, claims.jti))
+        final = False
+        try:
+            response, final = await self._forward(decision, signature, body)
+        finally:
+            if final:
+                outcome.set_result(response)
+            else:
+                # A transient failure is not the message's outcome: a retry may go through.
+                del self._seen[(claims.iss, claims.jti)]
+                outcome.cancel()
+        return response
+
+    async def _forward(
+        self, decision: Decision, signature: str, body: bytes
+    ) -> tuple[WireResponse, bool]:
+        """Log the request, forward it with a receipt, check and relay the answer.
+
+        Returns the response for the sender and whether it is the message's final outcome.
+        """
+        claims, key = decision.claims, decision.key
+        assert claims is not None
+        assert key is not None
+        fields = {**_claims_fields(claims), "kid": key.kid, "outcome": "accepted"}
+        record = self.log.append(LogEntry(kind="request", at=self.clock.now(), fields=fields))
+        receipt = self._receipt(jti=claims.jti, record=record, bh=claims.bh)
+        await self.log.sync(record.seq)
+        forwarded = WireRequest(
+            url=self.registry.require(claims.aud).endpoint,
+            headers={
+                HEADER_SIGNATURE: signature,
+                HEADER_RECEIPT: receipt,
+                "Content-Type": "application/json",
+            },
+            body=body,
+        )
+        try:
+            answer = await self.transport.send(forwarded, timeout=self.config.forward_timeout)
+        except TransportError as exc:
+            return await self._unavailable(claims, f"{claims.aud} did not answer: {exc}"), False
+        if answer.status >= 500:
+            detail = f"{claims.aud} answered HTTP {answer.status}"
+            return await self._unavailable(claims, detail), False
+        answer_signature = answer.header(HEADER_SIGNATURE)
+        checked = decide_response(answer_signature, answer.body, claims, self.context())
+        if not checked.accepted:
+            return await self.refuse(checked, kind="response-rejection"), True
+        assert checked.claims is not None
+        fields = {**_claims_fields(checked.claims), "status": answer.status}
+        reply = self.log.append(LogEntry(kind="response", at=self.clock.now(), fields=fields))
+        reply_receipt = self._receipt(
+            jti=checked.claims.jti, record=reply, bh=checked.claims.bh, corr=claims.jti
+        )
+        await self.log.sync(reply.seq)
+        self.metrics.messages.labels("accepted", "").inc()
+        self.metrics.log_seq.set(reply.seq)
+        headers = {
+            HEADER_SIGNATURE: answer_signature or "",
+            HEADER_RECEIPT: reply_receipt,
+            "Content-Type": answer.header("Content-Type") or "application/json",
+        }
+        return WireResponse(status=answer.status, headers=headers, body=answer.body), True
+
+    async def _unavailable(self, claims: MessageClaims, detail: str) -> WireResponse:
+        decision = Decision(
+            verdict=Verdict.REJECT,
+            reason=ProblemCode.RECEIVER_UNAVAILABLE,
+            detail=detail,
+            claims=claims,
+            retry_after=1.0,
+        )
+        return await self.refuse(decision, kind="delivery-failure")
+
+    async def refuse(self, decision: Decision, *, kind: str = "rejection") -> WireResponse:
+        """Log a refusal durably and render it as problem+json."""
+        assert decision.reason is not None
+        fields: dict[str, JSONValue] = {}
+        if decision.claims is not None:
+            fields.update(_claims_fields(decision.claims))
+        elif decision.claimed:
+            fields.update({f"claimed_{k}": v for k, v in decision.claimed.items()})
+        fields.update(
+            {"outcome": "rejected", "reason": decision.reason.value, "detail": decision.detail}
+        )
+        record = self.log.append(LogEntry(kind=kind, at=self.clock.now(), fields=fields))
+        self.metrics.messages.labels("rejected", decision.reason.value).inc()
+        self.metrics.log_seq.set(record.seq)
+        _log.info("message_refused", seq=record.seq, kind=kind, **fields)
+        await self.log.sync(record.seq)
+        jti = decision.claims.jti if decision.claims else None
+        return problem_response(
+            decision.reason, decision.detail, jti=jti, retry_after=decision.retry_after
+        )
+
+    def sign(self, claims: Mapping[str, object], *, typ: str) -> str:
+        """A compact JWS by the gateway's key (receipts, the configuration document)."""
+        return sign_token(claims, self._key, kid=self.key_record.kid, typ=typ)
+
+    def _receipt(self, *, jti: str, record: LogRecord, bh: str, corr: str | None = None) -> str:
+        claims = ReceiptClaims(
+            iss=self.config.code,
+            jti=jti,
+            seq=record.seq,
+            lh=record.hash,
+            bh=bh,
+            iat=int(self.clock.now()),
+            corr=corr,
+        )
+        return self.sign(claims.as_dict(), typ=TYP_RECEIPT)
+
+    def _prune(self, now: float) -> None:
+        """Forget accepted messages whose ``exp`` (plus leeway) has passed."""
+        horizon = now - self.config.limits.leeway
+        expiry = self._expiry
+        while expiry and expiry[0][0] < horizon:
+            _, iss, jti = heapq.heappop(expiry)
+            seen = self._seen.get((iss, jti))
+            if seen is not None and seen.exp < horizon and seen.outcome.done():
+                del self._seen[(iss, jti)]

@@ -1,0 +1,148 @@
+"""Transports: one method that carries a request and returns a response.
+
+Every party talks through a :class:`Transport`. :class:`HttpTransport` uses real aiohttp;
+:class:`MemoryTransport` hands the request straight to an in-process handler (tests,
+virtual time), so both modes run the same code above the transport.
+"""
+
+from __future__ import annotations
+
+import abc
+import asyncio
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass, field
+from urllib.parse import urlsplit
+
+import aiohttp
+from multidict import CIMultiDict, CIMultiDictProxy
+
+__all__ = [
+    "Handler",
+    "HttpTransport",
+    "MemoryTransport",
+    "Transport",
+    "TransportError",
+    "WireRequest",
+    "WireResponse",
+]
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class WireRequest:
+    """An HTTP request as bytes and headers, independent of any HTTP library."""
+
+    method: str = "POST"
+    url: str
+    headers: Mapping[str, str] = field(default_factory=dict)
+    body: bytes = b""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class WireResponse:
+    """An HTTP response as bytes and headers."""
+
+    status: int
+    headers: Mapping[str, str] = field(default_factory=dict)
+    body: bytes = b""
+
+    def header(self, name: str) -> str | None:
+        """Case-insensitive header lookup."""
+        lowered = name.lower()
+        for key, value in self.headers.items():
+            if key.lower() == lowered:
+                return value
+        return None
+
+
+Handler = Callable[[WireRequest], Awaitable[WireResponse]]
+
+
+class TransportError(Exception):
+    """The request could not be carried (connection refused, timeout, reset)."""
+
+
+class Transport(abc.ABC):
+    """Base of every transport: carry one request, return its response."""
+
+    @abc.abstractmethod
+    async def send(self, request: WireRequest, *, timeout: float = 30.0) -> WireResponse:
+        """Carry ``request``; raise :class:`TransportError` when it cannot be delivered."""
+
+    async def aclose(self) -> None:  # noqa: B027 - optional hook; most transports hold nothing
+        """Release connections; idempotent."""
+
+
+class HttpTransport(Transport):
+    """Real HTTP over aiohttp with one pooled session."""
+
+    def __init__(self, *, limit: int = 256) -> None:
+        self._limit = limit
+        self._session: aiohttp.ClientSession | None = None
+
+    def _client(self) -> aiohttp.ClientSession:
+        if self._session is None or self._session.closed:
+            connector = aiohttp.TCPConnector(limit=self._limit, limit_per_host=self._limit)
+            self._session = aiohttp.ClientSession(connector=connector, auto_decompress=False)
+        return self._session
+
+    async def send(self, request: WireRequest, *, timeout: float = 30.0) -> WireResponse:
+        try:
+            async with self._client().request(
+                request.method,
+                request.url,
+                headers=CIMultiDict(request.headers),
+                data=request.body if request.body else None,
+                timeout=aiohttp.ClientTimeout(total=timeout),
+                allow_redirects=False,
+            ) as response:
+                body = await response.read()
+                return WireResponse(
+                    status=response.status, headers=_plain(response.headers), body=body
+                )
+        except (aiohttp.ClientError, TimeoutError, OSError) as exc:
+            raise TransportError(f"{request.method} {request.url}: {exc!r}") from exc
+
+    async def aclose(self) -> None:
+        if self._session is not None and not self._session.closed:
+            await self._session.close()
+        self._session = None
+
+
+def _plain(headers: CIMultiDictProxy[str]) -> dict[str, str]:
+    return dict(headers.items())
+
+
+class MemoryTransport(Transport):
+    """Routes each request to the handler mounted for its scheme://host:port, in process."""
+
+    def __init__(self, routes: Mapping[str, Handler] | None = None) -> None:
+        self._routes: dict[str, Handler] = {}
+        self._down: set[str] = set()
+        for base, handler in (routes or {}).items():
+            self.mount(base, handler)
+
+    @staticmethod
+    def _origin(url: str) -> str:
+        parts = urlsplit(url)
+        return f"{parts.scheme}://{parts.netloc}"
+
+    def mount(self, base_url: str, handler: Handler) -> None:
+        self._routes[self._origin(base_url)] = handler
+
+    def set_down(self, base_url: str, down: bool = True) -> None:
+        """Make an origin refuse connections (outage simulation)."""
+        origin = self._origin(base_url)
+        if down:
+            self._down.add(origin)
+        else:
+            self._down.discard(origin)
+
+    async def send(self, request: WireRequest, *, timeout: float = 30.0) -> WireResponse:
+        origin = self._origin(request.url)
+        handler = self._routes.get(origin)
+        if handler is None or origin in self._down:
+            raise TransportError(f"{request.method} {request.url}: connection refused")
+        try:
+            return await asyncio.wait_for(handler(request), timeout)
+        except TimeoutError as exc:
+            raise TransportError(f"{request.method} {request.url}: timed out") from exc
