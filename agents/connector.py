@@ -137,24 +137,21 @@ class Refused(ConnectorError):
     @classmethod
     def from_response(cls, response: WireResponse, *, now: float) -> Refused:
         """Read a problem+json answer; a non-problem error gets code ``http-<status>``."""
-        problem: Mapping[str, Any] = {}
         try:
             parsed = json.loads(response.body)
         except (ValueError, UnicodeDecodeError):
             parsed = None
-        if isinstance(parsed, dict):
-            problem = parsed
-        kind = problem.get("type")
+        problem: Mapping[str, Any] = parsed if isinstance(parsed, dict) else {}
+        kind, detail = problem.get("type"), problem.get("detail")
         code = f"http-{response.status}"
         if isinstance(kind, str) and kind.startswith(_PROBLEM_PREFIX):
             code = kind.removeprefix(_PROBLEM_PREFIX)
-        detail = problem.get("detail")
+        if not isinstance(detail, str):
+            detail = response.body[:200].decode(errors="replace")
         return cls(
             code=code,
             status=response.status,
-            detail=detail
-            if isinstance(detail, str)
-            else response.body[:200].decode(errors="replace"),
+            detail=detail,
             problem=problem,
             retry_after=_retry_after(response.header("Retry-After"), now),
         )

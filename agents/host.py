@@ -111,6 +111,11 @@ class AgencyHost:
     def endpoint_path(code: str) -> str:
         return f"/agencies/{code}/messages"
 
+    @property
+    def remembered(self) -> int:
+        """How many answers are kept for retries (bounded by message lifetimes)."""
+        return len(self._answers)
+
     def _current_directory(self) -> Directory:
         return self._directory() if callable(self._directory) else self._directory
 

@@ -13,10 +13,12 @@ from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+import jwt
 from aiohttp import web
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
 from gateway.clock import ManualClock, SeededRandomness
+from gateway.http import create_app
 from gateway.log import LogRecord, MessageLog
 from gateway.operators import mint_operator_token
 from gateway.pipeline import Limits
@@ -24,6 +26,7 @@ from gateway.protocol import (
     HEADER_SIGNATURE,
     TYP_MESSAGE,
     MessageClaims,
+    b64url_decode,
     body_digest,
     sign_token,
 )
@@ -35,9 +38,9 @@ from gateway.trust import CertificateAuthority, KeyRecord, TrustStore, generate_
 __all__ = [
     "GATEWAY_URL",
     "RECEIVER_URL",
+    "GatewayWorld",
     "MemoryLogStore",
     "Party",
-    "GatewayWorld",
     "make_gateway",
     "sign_message",
 ]
@@ -112,8 +115,6 @@ def sign_message(
     extra = dict(headers or {})
     if not extra:
         return sign_token(base, key or party.key, kid=party.kid, typ=TYP_MESSAGE)
-    import jwt  # only forging tests need arbitrary headers
-
     merged = {"kid": party.kid, "typ": TYP_MESSAGE, **extra}
     return jwt.encode(base, key or party.key, algorithm="EdDSA", headers=merged)
 
@@ -149,8 +150,6 @@ class GatewayWorld:
 
     def app(self) -> web.Application:
         """The gateway's aiohttp application over this world."""
-        from gateway.http import create_app
-
         return create_app(self.gateway, operators=self.operators)
 
     async def send(
@@ -263,6 +262,4 @@ def make_gateway(
 
 
 def _segment(token: str) -> bytes:
-    from gateway.protocol import b64url_decode
-
     return b64url_decode(token.split(".")[1])

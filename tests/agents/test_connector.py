@@ -132,6 +132,7 @@ class FakeGateway:
         if path == "/v1/enrolments":
             csr = x509.load_pem_x509_csr(json.loads(request.body)["csr"].encode())
             cn = csr.subject.get_attributes_for_oid(NameOID.COMMON_NAME)[0].value
+            assert isinstance(cn, str)
             return WireResponse(status=202, body=json.dumps({"id": f"enr-{cn}"}).encode())
         if self.scripted:
             return self.scripted.pop(0)
@@ -197,7 +198,7 @@ class World:
 
 
 @pytest.fixture
-def world() -> World:
+def net() -> World:
     rng, clock = SeededRandomness(7), ManualClock(T0)
     ca = CertificateAuthority.create(rng, now=T0)
     gateway = make_identity(ca, "GW", rng)
@@ -223,8 +224,8 @@ def world() -> World:
     return World(clock, ca, gateway, agencies, directory, transport, fake, [])
 
 
-def message_requests(world: World) -> list[WireRequest]:
-    return [r for r in world.fake.seen if urlsplit(r.url).path == "/v1/messages"]
+def message_requests(net: World) -> list[WireRequest]:
+    return [r for r in net.fake.seen if urlsplit(r.url).path == "/v1/messages"]
 
 
 def test_exported_names_are_pinned() -> None:
@@ -236,17 +237,17 @@ def test_exported_names_are_pinned() -> None:
     )  # fmt: skip
 
 
-def test_new_jti_is_a_valid_deterministic_message_id(world: World) -> None:
+def test_new_jti_is_a_valid_deterministic_message_id(net: World) -> None:
     """Message ids come from the injected randomness and match the protocol's pattern."""
-    first, second = world.connector().new_jti(), world.connector().new_jti()
+    first, second = net.connector().new_jti(), net.connector().new_jti()
     assert first == second
     assert MESSAGE_ID.fullmatch(first)
     assert first.startswith("A1-")
 
 
-def test_sign_produces_the_protocol_header_and_claims(world: World) -> None:
+def test_sign_produces_the_protocol_header_and_claims(net: World) -> None:
     """The signature header is exactly alg/typ/kid and the claims carry bh and lifetime."""
-    token = world.connector(lifetime=90).sign(
+    token = net.connector(lifetime=90).sign(
         to="B2", service="ping", body=b"{}", jti="m-1", corr="x"
     )
     parsed = parse_compact(token, typ=TYP_MESSAGE)
@@ -254,7 +255,7 @@ def test_sign_produces_the_protocol_header_and_claims(world: World) -> None:
     assert dict(parsed.header) == {
         "alg": "EdDSA",
         "typ": TYP_MESSAGE,
-        "kid": world.agencies["A1"].kid,
+        "kid": net.agencies["A1"].kid,
     }
     assert (claims.iss, claims.aud, claims.svc, claims.jti, claims.corr) == (
         "A1",
@@ -266,271 +267,271 @@ def test_sign_produces_the_protocol_header_and_claims(world: World) -> None:
     assert (claims.iat, claims.exp, claims.bh) == (int(T0), int(T0) + 90, body_digest(b"{}"))
 
 
-def test_lifetime_beyond_protocol_maximum_is_rejected(world: World) -> None:
+def test_lifetime_beyond_protocol_maximum_is_rejected(net: World) -> None:
     """A token lifetime over 300 seconds is refused at construction."""
     with pytest.raises(ValueError, match="lifetime"):
-        world.connector(lifetime=301)
+        net.connector(lifetime=301)
 
 
-async def test_send_returns_the_verified_reply(world: World) -> None:
+async def test_send_returns_the_verified_reply(net: World) -> None:
     """A ping goes through the gateway to the host and comes back verified."""
-    reply = await world.connector().send(to="B2", service="ping", body=b'{"hello":"world"}')
-    assert (reply.status, reply.json(), reply.attempts) == (200, {"hello": "world"}, 1)
+    reply = await net.connector().send(to="B2", service="ping", body=b'{"hello":"net"}')
+    assert (reply.status, reply.json(), reply.attempts) == (200, {"hello": "net"}, 1)
     assert (reply.claims.iss, reply.claims.aud, reply.claims.corr) == ("B2", "A1", reply.jti)
     assert (reply.receipt.jti, reply.receipt.corr) == (reply.claims.jti, reply.jti)
 
 
-async def test_send_encodes_a_non_bytes_body_as_compact_json(world: World) -> None:
+async def test_send_encodes_a_non_bytes_body_as_compact_json(net: World) -> None:
     """A Python value is sent as compact UTF-8 JSON."""
-    reply = await world.connector().send(to="B2", service="ping", body={"n": 1, "s": "ñ"})
-    assert message_requests(world)[0].body == '{"n":1,"s":"ñ"}'.encode()
+    reply = await net.connector().send(to="B2", service="ping", body={"n": 1, "s": "ñ"})
+    assert message_requests(net)[0].body == '{"n":1,"s":"ñ"}'.encode()
     assert reply.json() == {"n": 1, "s": "ñ"}
 
 
-async def test_send_without_a_directory_fetches_the_conf_first(world: World) -> None:
+async def test_send_without_a_directory_fetches_the_conf_first(net: World) -> None:
     """A connector with no directory gets and verifies /v1/conf before sending."""
-    connector = world.connector(directory=None)
+    connector = net.connector(directory=None)
     await connector.send(to="B2", service="ping", body=b"{}")
-    assert urlsplit(world.fake.seen[0].url).path == "/v1/conf"
+    assert urlsplit(net.fake.seen[0].url).path == "/v1/conf"
     assert connector.directory is not None
 
 
-async def test_tampered_response_body_fails_verification(world: World) -> None:
+async def test_tampered_response_body_fails_verification(net: World) -> None:
     """A response body that does not match the receiver's bh is refused."""
-    world.fake.tamper_response = True
+    net.fake.tamper_response = True
     with pytest.raises(VerificationFailed, match="response signature") as caught:
-        await world.connector().send(to="B2", service="ping", body=b"{}")
+        await net.connector().send(to="B2", service="ping", body=b"{}")
     assert caught.value.code is ProblemCode.BODY_DIGEST_MISMATCH
 
 
-async def test_receipt_signed_by_another_key_fails_verification(world: World) -> None:
+async def test_receipt_signed_by_another_key_fails_verification(net: World) -> None:
     """A receipt not signed by the gateway key is refused."""
-    world.fake.receipt_key = world.agencies["B2"].key
+    net.fake.receipt_key = net.agencies["B2"].key
     with pytest.raises(VerificationFailed, match="receipt: signature"):
-        await world.connector().send(to="B2", service="ping", body=b"{}")
+        await net.connector().send(to="B2", service="ping", body=b"{}")
 
 
-async def test_receipt_for_another_message_fails_verification(world: World) -> None:
+async def test_receipt_for_another_message_fails_verification(net: World) -> None:
     """A receipt whose jti is not the response's is refused."""
-    world.fake.receipt_jti = "someone-else"
+    net.fake.receipt_jti = "someone-else"
     with pytest.raises(VerificationFailed, match="receipt: receipts someone-else"):
-        await world.connector().send(to="B2", service="ping", body=b"{}")
+        await net.connector().send(to="B2", service="ping", body=b"{}")
 
 
-async def test_success_without_a_receipt_fails_verification(world: World) -> None:
+async def test_success_without_a_receipt_fails_verification(net: World) -> None:
     """A 200 answer without a Pasarela-Receipt is not accepted."""
-    world.fake.scripted = [WireResponse(status=200, body=b"{}")]
+    net.fake.scripted = [WireResponse(status=200, body=b"{}")]
     with pytest.raises(VerificationFailed, match="receipt"):
-        await world.connector().send(to="B2", service="ping", body=b"{}")
+        await net.connector().send(to="B2", service="ping", body=b"{}")
 
 
-async def test_rate_limited_then_success_retries_with_the_same_jti(world: World) -> None:
+async def test_rate_limited_then_success_retries_with_the_same_jti(net: World) -> None:
     """A 429 with Retry-After is waited out, then retried with the same jti and body."""
-    world.fake.scripted = [problem(ProblemCode.RATE_LIMITED, retry_after="7")]
-    reply = await world.connector().send(to="B2", service="ping", body=b"{}")
+    net.fake.scripted = [problem(ProblemCode.RATE_LIMITED, retry_after="7")]
+    reply = await net.connector().send(to="B2", service="ping", body=b"{}")
     first, second = (
         message_claims(parse_compact(r.headers[HEADER_SIGNATURE], typ=TYP_MESSAGE))
-        for r in message_requests(world)
+        for r in message_requests(net)
     )
-    assert world.sleeps == [7.0]
+    assert net.sleeps == [7.0]
     assert (first.jti, first.bh) == (second.jti, second.bh) == (reply.jti, body_digest(b"{}"))
     assert reply.attempts == 2
 
 
-async def test_retry_resigns_with_the_same_jti_when_the_token_nears_expiry(world: World) -> None:
+async def test_retry_resigns_with_the_same_jti_when_the_token_nears_expiry(net: World) -> None:
     """After a long wait the token is re-signed: fresh iat, same jti and bh."""
-    world.fake.scripted = [problem(ProblemCode.RATE_LIMITED, retry_after="45")]
-    await world.connector().send(to="B2", service="ping", body=b"{}")
+    net.fake.scripted = [problem(ProblemCode.RATE_LIMITED, retry_after="45")]
+    await net.connector().send(to="B2", service="ping", body=b"{}")
     first, second = (
         message_claims(parse_compact(r.headers[HEADER_SIGNATURE], typ=TYP_MESSAGE))
-        for r in message_requests(world)
+        for r in message_requests(net)
     )
     assert (second.iat - first.iat, second.jti, second.bh) == (45, first.jti, first.bh)
 
 
-async def test_unavailable_on_every_attempt_is_refused_after_all_attempts(world: World) -> None:
+async def test_unavailable_on_every_attempt_is_refused_after_all_attempts(net: World) -> None:
     """503 on every attempt ends in Refused after the policy's attempts, with jittered backoff."""
-    world.fake.scripted = [problem(ProblemCode.RECEIVER_UNAVAILABLE) for _ in range(3)]
+    net.fake.scripted = [problem(ProblemCode.RECEIVER_UNAVAILABLE) for _ in range(3)]
     with pytest.raises(Refused) as caught:
-        await world.connector(retry=RetryPolicy(attempts=3, base_delay=1.0)).send(
+        await net.connector(retry=RetryPolicy(attempts=3, base_delay=1.0)).send(
             to="B2", service="ping", body=b"{}"
         )
     assert (caught.value.code, caught.value.status) == ("receiver-unavailable", 503)
-    assert len(message_requests(world)) == 3
-    assert len(world.sleeps) == 2
-    assert all(0 <= s < cap for s, cap in zip(world.sleeps, (1.0, 2.0), strict=True))
+    assert len(message_requests(net)) == 3
+    assert len(net.sleeps) == 2
+    assert all(0 <= s < cap for s, cap in zip(net.sleeps, (1.0, 2.0), strict=True))
 
 
-async def test_backoff_is_capped_by_max_delay(world: World) -> None:
+async def test_backoff_is_capped_by_max_delay(net: World) -> None:
     """Backoff never exceeds max_delay however many attempts are made."""
-    world.fake.scripted = [problem(ProblemCode.RECEIVER_UNAVAILABLE) for _ in range(8)]
+    net.fake.scripted = [problem(ProblemCode.RECEIVER_UNAVAILABLE) for _ in range(8)]
     policy = RetryPolicy(attempts=8, base_delay=1.0, max_delay=1.5)
     with pytest.raises(Refused):
-        await world.connector(retry=policy).send(to="B2", service="ping", body=b"{}")
-    assert len(world.sleeps) == 7
-    assert max(world.sleeps) < 1.5
+        await net.connector(retry=policy).send(to="B2", service="ping", body=b"{}")
+    assert len(net.sleeps) == 7
+    assert max(net.sleeps) < 1.5
 
 
-async def test_gateway_down_raises_unreachable_after_all_attempts(world: World) -> None:
+async def test_gateway_down_raises_unreachable_after_all_attempts(net: World) -> None:
     """Transport errors are retried, then reported as Unreachable."""
-    world.transport.set_down(GATEWAY_URL)
+    net.transport.set_down(GATEWAY_URL)
     with pytest.raises(Unreachable, match="attempt 4"):
-        await world.connector().send(to="B2", service="ping", body=b"{}")
-    assert len(world.sleeps) == 3
+        await net.connector().send(to="B2", service="ping", body=b"{}")
+    assert len(net.sleeps) == 3
 
 
-async def test_bad_request_problem_is_refused_without_retry(world: World) -> None:
+async def test_bad_request_problem_is_refused_without_retry(net: World) -> None:
     """A 400 problem is raised at once as Refused with its code and detail."""
-    world.fake.scripted = [problem(ProblemCode.MALFORMED)]
+    net.fake.scripted = [problem(ProblemCode.MALFORMED)]
     with pytest.raises(Refused) as caught:
-        await world.connector().send(to="B2", service="ping", body=b"{}")
+        await net.connector().send(to="B2", service="ping", body=b"{}")
     assert (caught.value.code, caught.value.status, caught.value.detail) == (
         "malformed",
         400,
         "test malformed",
     )
-    assert (len(message_requests(world)), world.sleeps) == (1, [])
+    assert (len(message_requests(net)), net.sleeps) == (1, [])
 
 
-async def test_retry_after_beyond_the_limit_is_refused_at_once(world: World) -> None:
+async def test_retry_after_beyond_the_limit_is_refused_at_once(net: World) -> None:
     """A Retry-After longer than max_retry_after is handed to the caller, not slept."""
-    world.fake.scripted = [problem(ProblemCode.RATE_LIMITED, retry_after="3600")]
+    net.fake.scripted = [problem(ProblemCode.RATE_LIMITED, retry_after="3600")]
     with pytest.raises(Refused) as caught:
-        await world.connector().send(to="B2", service="ping", body=b"{}")
-    assert (caught.value.code, caught.value.retry_after, world.sleeps) == (
+        await net.connector().send(to="B2", service="ping", body=b"{}")
+    assert (caught.value.code, caught.value.retry_after, net.sleeps) == (
         "rate-limited",
         3600.0,
         [],
     )
 
 
-async def test_enrol_submits_a_csr_and_returns_the_enrolment_id(world: World) -> None:
+async def test_enrol_submits_a_csr_and_returns_the_enrolment_id(net: World) -> None:
     """Enrolment posts a CSR for the agency's code and returns the gateway's id."""
-    assert await world.connector().enrol(new_key=Ed25519PrivateKey.generate()) == "enr-A1"
+    assert (
+        await net.connector().enrol(new_key=generate_key(SeededRandomness("new-key"))) == "enr-A1"
+    )
 
 
-async def test_fetch_conf_keeps_only_non_revoked_certificates(world: World) -> None:
+async def test_fetch_conf_keeps_only_non_revoked_certificates(net: World) -> None:
     """The directory from a good conf document knows every key except revoked ones."""
-    a1, b2 = world.agencies["A1"], world.agencies["B2"]
-    body = conf_body(world.gateway, [a1, b2], revoked=["B2"])
-    world.fake.conf = (body, conf_signature(body, world.gateway))
-    directory = await world.connector(ca_certificate=world.ca.certificate).fetch_conf()
+    a1, b2 = net.agencies["A1"], net.agencies["B2"]
+    body = conf_body(net.gateway, [a1, b2], revoked=["B2"])
+    net.fake.conf = (body, conf_signature(body, net.gateway))
+    directory = await net.connector(ca_certificate=net.ca.certificate).fetch_conf()
     assert directory.agency_key(a1.kid) is not None
     assert directory.agency_key(b2.kid) is None
-    assert (directory.gateway_code, directory.gateway_kid) == ("GW", world.gateway.kid)
+    assert (directory.gateway_code, directory.gateway_kid) == ("GW", net.gateway.kid)
 
 
-async def test_fetch_conf_rejects_a_signature_by_another_key(world: World) -> None:
+async def test_fetch_conf_rejects_a_signature_by_another_key(net: World) -> None:
     """A conf document not signed by the gateway key it carries is refused."""
-    body = world.fake.conf[0]
+    body = net.fake.conf[0]
     forged = sign_token(
         {"iss": "GW", "bh": body_digest(body)},
-        world.agencies["A1"].key,
-        kid=world.gateway.kid,
+        net.agencies["A1"].key,
+        kid=net.gateway.kid,
         typ=TYP_CONF,
     )
-    world.fake.conf = (body, forged)
+    net.fake.conf = (body, forged)
     with pytest.raises(VerificationFailed, match="conf: signature does not verify"):
-        await world.connector(directory=None).fetch_conf()
+        await net.connector(directory=None).fetch_conf()
 
 
-async def test_fetch_conf_rejects_a_tampered_body(world: World) -> None:
+async def test_fetch_conf_rejects_a_tampered_body(net: World) -> None:
     """A conf body changed after signing is refused."""
-    body, signature = world.fake.conf
-    world.fake.conf = (body.replace(b'"revoked": false', b'"revoked": true'), signature)
+    body, signature = net.fake.conf
+    net.fake.conf = (body.replace(b'"revoked": false', b'"revoked": true'), signature)
     with pytest.raises(VerificationFailed, match="bh does not match"):
-        await world.connector(directory=None).fetch_conf()
+        await net.connector(directory=None).fetch_conf()
 
 
-async def test_fetch_conf_rejects_a_gateway_certificate_from_another_ca(world: World) -> None:
+async def test_fetch_conf_rejects_a_gateway_certificate_from_another_ca(net: World) -> None:
     """With a CA anchor, a self-consistent conf from an impostor gateway is refused."""
     rng = SeededRandomness("impostor")
     impostor = make_identity(CertificateAuthority.create(rng, now=T0), "GW", rng)
-    body = conf_body(impostor, world.agencies.values())
-    world.fake.conf = (body, conf_signature(body, impostor))
-    connector = world.connector(directory=None, ca_certificate=world.ca.certificate)
+    body = conf_body(impostor, net.agencies.values())
+    net.fake.conf = (body, conf_signature(body, impostor))
+    connector = net.connector(directory=None, ca_certificate=net.ca.certificate)
     with pytest.raises(VerificationFailed, match="not issued by the CA"):
         await connector.fetch_conf()
 
 
-async def test_fetch_conf_rejects_a_changed_gateway_key_when_pinned(world: World) -> None:
+async def test_fetch_conf_rejects_a_changed_gateway_key_when_pinned(net: World) -> None:
     """Without a CA, a connector that knows the gateway key refuses a conf under another."""
     rng = SeededRandomness("impostor")
-    impostor = make_identity(world.ca, "GW", rng)
-    body = conf_body(impostor, world.agencies.values())
-    world.fake.conf = (body, conf_signature(body, impostor))
+    impostor = make_identity(net.ca, "GW", rng)
+    body = conf_body(impostor, net.agencies.values())
+    net.fake.conf = (body, conf_signature(body, impostor))
     with pytest.raises(VerificationFailed, match="pinned"):
-        await world.connector().fetch_conf()
+        await net.connector().fetch_conf()
 
 
-def test_verify_inbound_rejects_a_message_for_another_agency(world: World) -> None:
+def test_verify_inbound_rejects_a_message_for_another_agency(net: World) -> None:
     """A message addressed to B2 does not verify at another receiver."""
     body = b"{}"
-    token = world.connector().sign(to="B2", service="ping", body=body, jti="m-1")
-    receipt = world.fake.receipt(jti="m-1", bh=body_digest(body))
+    token = net.connector().sign(to="B2", service="ping", body=body, jti="m-1")
+    receipt = net.fake.receipt(jti="m-1", bh=body_digest(body))
     with pytest.raises(VerificationFailed, match="aud B2 is not A1"):
         verify_inbound(
             signature=token,
             receipt=receipt,
             body=body,
             receiver="A1",
-            directory=world.directory,
+            directory=net.directory,
             now=T0,
         )
 
 
-def test_verify_inbound_rejects_an_expired_message(world: World) -> None:
+def test_verify_inbound_rejects_an_expired_message(net: World) -> None:
     """A message past exp plus leeway is refused as expired."""
     body = b"{}"
-    token = world.connector().sign(to="B2", service="ping", body=body, jti="m-1")
-    receipt = world.fake.receipt(jti="m-1", bh=body_digest(body))
+    token = net.connector().sign(to="B2", service="ping", body=body, jti="m-1")
+    receipt = net.fake.receipt(jti="m-1", bh=body_digest(body))
     with pytest.raises(VerificationFailed) as caught:
         verify_inbound(
             signature=token,
             receipt=receipt,
             body=body,
             receiver="B2",
-            directory=world.directory,
+            directory=net.directory,
             now=T0 + 91,
         )
     assert caught.value.code is ProblemCode.EXPIRED
 
 
-def test_identity_from_files_reads_code_from_the_certificate(world: World, tmp_path: Path) -> None:
+def test_identity_from_files_reads_code_from_the_certificate(net: World, tmp_path: Path) -> None:
     """Loading PEM files gives the same identity, its code from the subject CN."""
-    a1 = world.agencies["A1"]
+    a1 = net.agencies["A1"]
     (tmp_path / "key.pem").write_bytes(private_key_pem(a1.key))
     (tmp_path / "cert.pem").write_text(pem(a1.certificate))
     loaded = Identity.from_files(tmp_path / "key.pem", tmp_path / "cert.pem")
     assert (loaded.code, loaded.kid) == ("A1", a1.kid)
 
 
-def test_identity_from_files_rejects_a_key_that_does_not_match(
-    world: World, tmp_path: Path
-) -> None:
+def test_identity_from_files_rejects_a_key_that_does_not_match(net: World, tmp_path: Path) -> None:
     """A private key that is not the certificate's is refused."""
-    (tmp_path / "key.pem").write_bytes(private_key_pem(world.agencies["B2"].key))
-    (tmp_path / "cert.pem").write_text(pem(world.agencies["A1"].certificate))
+    (tmp_path / "key.pem").write_bytes(private_key_pem(net.agencies["B2"].key))
+    (tmp_path / "cert.pem").write_text(pem(net.agencies["A1"].certificate))
     with pytest.raises(ValueError, match="does not match"):
         Identity.from_files(tmp_path / "key.pem", tmp_path / "cert.pem")
 
 
-async def test_unknown_response_key_refreshes_the_conf_once(world: World) -> None:
+async def test_unknown_response_key_refreshes_the_conf_once(net: World) -> None:
     """A reply under a kid the fetched directory lacks triggers one conf refresh."""
-    connector = world.connector(directory=None)
-    partial = conf_body(world.gateway, [world.agencies["A1"]])
-    world.fake.conf = (partial, conf_signature(partial, world.gateway))
+    connector = net.connector(directory=None)
+    partial = conf_body(net.gateway, [net.agencies["A1"]])
+    net.fake.conf = (partial, conf_signature(partial, net.gateway))
     await connector.fetch_conf()
-    full = conf_body(world.gateway, world.agencies.values())
-    world.fake.conf = (full, conf_signature(full, world.gateway))
+    full = conf_body(net.gateway, net.agencies.values())
+    net.fake.conf = (full, conf_signature(full, net.gateway))
     reply = await connector.send(to="B2", service="ping", body=b"{}")
-    conf_fetches = [r for r in world.fake.seen if urlsplit(r.url).path == "/v1/conf"]
+    conf_fetches = [r for r in net.fake.seen if urlsplit(r.url).path == "/v1/conf"]
     assert (reply.status, len(conf_fetches)) == (200, 2)
 
 
-async def test_enrol_is_not_retried_after_a_transport_error(world: World) -> None:
+async def test_enrol_is_not_retried_after_a_transport_error(net: World) -> None:
     """A lost enrolment answer is reported at once: retrying could enrol twice."""
-    world.transport.set_down(GATEWAY_URL)
+    net.transport.set_down(GATEWAY_URL)
     with pytest.raises(Unreachable, match="attempt 1"):
-        await world.connector().enrol(new_key=Ed25519PrivateKey.generate())
-    assert world.sleeps == []
+        await net.connector().enrol(new_key=generate_key(SeededRandomness("new-key")))
+    assert net.sleeps == []

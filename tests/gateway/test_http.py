@@ -9,8 +9,14 @@ from collections.abc import AsyncIterator
 import pytest
 from aiohttp.test_utils import TestClient, TestServer
 
-from gateway.protocol import HEADER_RECEIPT, HEADER_SIGNATURE, TYP_RECEIPT, parse_compact
-from gateway.protocol import receipt_claims, signature_valid
+from gateway.protocol import (
+    HEADER_RECEIPT,
+    HEADER_SIGNATURE,
+    TYP_RECEIPT,
+    parse_compact,
+    receipt_claims,
+    signature_valid,
+)
 from gateway.registry import ConnectionState
 from gateway.testing import GatewayWorld, make_gateway, sign_message
 

@@ -1,0 +1,208 @@
+"""The ``pasarela`` command line.
+
+Exit codes of every command: 0 success (all checks held), 1 a check failed, 2 usage or
+input error, 3 infrastructure error (a server or file that should be there is not).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+from collections.abc import Sequence
+from pathlib import Path
+
+from rich.console import Console
+
+from gateway.clock import SystemClock, SystemRandomness
+from gateway.log import verify
+from gateway.state import StateError, init_state, state_path
+from gateway.store import SqliteLogStore
+
+__all__ = ["main"]
+
+EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_INFRA = 0, 1, 2, 3
+DEFAULT_GATEWAY_URL = "http://127.0.0.1:8700"
+
+console = Console(highlight=False, soft_wrap=True)
+errors = Console(stderr=True, highlight=False, soft_wrap=True)
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="pasarela",
+        description="Simulator of a national agency-interoperability gateway.",
+    )
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    init = commands.add_parser("init", help="create a state directory (CA, gateway, agencies)")
+    init.add_argument("state_dir", type=Path, metavar="STATE_DIR")
+    init.add_argument("--agencies", type=int, default=145, help="central agencies (default 145)")
+    init.add_argument(
+        "--agents-url",
+        default="http://127.0.0.1:8701",
+        help="base URL of the agency host (default http://127.0.0.1:8701)",
+    )
+    init.add_argument("--gateway-code", default="PASARELA", help="the gateway's code")
+
+    serve = commands.add_parser("serve", help="run the gateway")
+    serve.add_argument("--state", type=Path, required=True, metavar="STATE_DIR")
+    serve.add_argument("--host", default="127.0.0.1")
+    serve.add_argument("--port", type=int, default=8700)
+    serve.add_argument("--rate", type=float, default=100.0, help="messages/s per agency")
+    serve.add_argument("--burst", type=float, default=200.0, help="token-bucket burst per agency")
+
+    agents = commands.add_parser("agents", help="the agency host")
+    agents_commands = agents.add_subparsers(dest="agents_command", required=True, metavar="ACTION")
+    agents_serve = agents_commands.add_parser("serve", help="serve every agency's endpoint")
+    agents_serve.add_argument("--state", type=Path, required=True, metavar="STATE_DIR")
+    agents_serve.add_argument("--host", default="127.0.0.1")
+    agents_serve.add_argument("--port", type=int, default=8701)
+
+    send = commands.add_parser("send", help="send one message through a running gateway")
+    send.add_argument("--state", type=Path, required=True, metavar="STATE_DIR")
+    send.add_argument("--from", dest="sender", required=True, metavar="CODE")
+    send.add_argument("--to", dest="receiver", required=True, metavar="CODE")
+    send.add_argument("--service", default="ping", metavar="SVC")
+    send.add_argument("--body", default="{}", metavar="JSON")
+    send.add_argument("--gateway-url", default=DEFAULT_GATEWAY_URL)
+    send.add_argument("--jti", default=None, help="message id (default: random)")
+
+    log = commands.add_parser("log", help="the message log")
+    log_commands = log.add_subparsers(dest="log_command", required=True, metavar="ACTION")
+    log_verify = log_commands.add_parser("verify", help="check the hash chain")
+    log_verify.add_argument("--state", type=Path, required=True, metavar="STATE_DIR")
+    log_verify.add_argument("--json", action="store_true", help="print the result as JSON")
+
+    demo = commands.add_parser("demo", help="start a gateway and agency host, exchange, verify")
+    demo.add_argument("--agencies", type=int, default=145)
+    demo.add_argument("--keep", type=Path, default=None, help="keep the state in this directory")
+    return parser
+
+
+def _init(args: argparse.Namespace) -> int:
+    from gateway.state import PORTAL_CODE
+
+    summary = init_state(
+        state_path(args.state_dir),
+        agencies=args.agencies,
+        agents_url=args.agents_url,
+        gateway_code=args.gateway_code,
+        randomness=SystemRandomness(),
+        now=SystemClock().now(),
+    )
+    root = summary.state_dir
+    console.print(f"Initialised pasarela state in {root}")
+    console.print(f"  platform CA        {root / 'ca' / 'cert.pem'}")
+    console.print(f"  gateway {summary.gateway_code:<10} {root / 'gateway' / 'cert.pem'}")
+    console.print(
+        f"  agencies           {summary.agencies} central agencies + {PORTAL_CODE}, "
+        f"in {root / 'agencies'}/<CODE>/key.pem and cert.pem"
+    )
+    console.print(f"  agency endpoints   {summary.agents_url}/agencies/<CODE>/messages")
+    console.print(f"  operator token     {summary.operator_token}")
+    console.print(f"  log and registry   {summary.database}")
+    console.print("Next: pasarela agents serve --state DIR; pasarela serve --state DIR")
+    return EXIT_OK
+
+
+def _serve(args: argparse.Namespace) -> int:
+    from gateway.pipeline import Limits
+    from gateway.state import StateDir
+    from pasarela.runtime import build_gateway_app, configure_logging, run_app
+
+    configure_logging()
+    state = StateDir(state_path(args.state))
+    app = build_gateway_app(state, limits=Limits(rate_per_second=args.rate, burst=args.burst))
+    asyncio.run(run_app(app, host=args.host, port=args.port, name="gateway"))
+    return EXIT_OK
+
+
+def _agents_serve(args: argparse.Namespace) -> int:
+    from pasarela.runtime import build_host_app, configure_logging, run_app
+
+    configure_logging()
+    app, _ = build_host_app(state_path(args.state))
+    asyncio.run(run_app(app, host=args.host, port=args.port, name="agency-host"))
+    return EXIT_OK
+
+
+def _send(args: argparse.Namespace) -> int:
+    from pasarela.client import send_one
+
+    try:
+        body = json.loads(args.body)
+    except json.JSONDecodeError as exc:
+        errors.print(f"--body is not JSON: {exc}")
+        return EXIT_USAGE
+    return asyncio.run(
+        send_one(
+            state_path(args.state),
+            sender=args.sender,
+            receiver=args.receiver,
+            service=args.service,
+            body=body,
+            gateway_url=args.gateway_url,
+            jti=args.jti,
+            console=console,
+            errors=errors,
+        )
+    )
+
+
+def _log_verify(args: argparse.Namespace) -> int:
+    database = state_path(args.state) / "state.db"
+    if not database.exists():
+        errors.print(f"{database} does not exist; is {args.state} a pasarela state directory?")
+        return EXIT_USAGE
+    store = SqliteLogStore(database)
+    try:
+        result = verify(store.records())
+    finally:
+        store.close()
+    if args.json:
+        console.print_json(
+            json.dumps(
+                {
+                    "ok": result.ok,
+                    "records": result.records,
+                    "first_bad_seq": result.first_bad_seq,
+                    "problem": result.problem,
+                }
+            )
+        )
+    elif result.ok:
+        console.print(f"log OK: {result.records} records, hash chain intact")
+    else:
+        console.print(f"log BROKEN at sequence number {result.first_bad_seq}: {result.problem}")
+    return EXIT_OK if result.ok else EXIT_FAILED
+
+
+def _demo(args: argparse.Namespace) -> int:
+    from pasarela.demo import run_demo
+
+    return run_demo(agencies=args.agencies, keep=args.keep, console=console)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        if args.command == "init":
+            return _init(args)
+        if args.command == "serve":
+            return _serve(args)
+        if args.command == "agents":
+            return _agents_serve(args)
+        if args.command == "send":
+            return _send(args)
+        if args.command == "log":
+            return _log_verify(args)
+        return _demo(args)
+    except StateError as exc:
+        errors.print(f"pasarela: {exc}")
+        return EXIT_USAGE
+    except OSError as exc:
+        errors.print(f"pasarela: {exc}")
+        return EXIT_INFRA
+    except KeyboardInterrupt:
+        return EXIT_FAILED
