@@ -151,18 +151,35 @@ class Gateway:
         if decision.bucket is not None and decision.claims is not None:
             self._buckets[decision.claims.iss] = decision.bucket
         if decision.verdict is Verdict.RETRY:
-            assert decision.claims is not None
-            self.metrics.messages.labels("retried", "").inc()
-            seen = self._seen[(decision.claims.iss, decision.claims.jti)]
-            return await asyncio.shield(seen.outcome)
+            return await self._retried(decision, request)
         if decision.verdict is Verdict.REJECT:
             response = await self.refuse(decision, kind="rejection")
         else:
-            response = await self._deliver(decision, signature or "", request.body)
+            content_type = header(request.headers, "Content-Type") or "application/json"
+            response = await self._deliver(
+                decision, signature or "", request.body, content_type=content_type
+            )
         self.metrics.latency.observe(max(0.0, self.clock.now() - started))
         return response
 
-    async def _deliver(self, decision: Decision, signature: str, body: bytes) -> WireResponse:
+    async def _retried(self, decision: Decision, request: WireRequest) -> WireResponse:
+        """Same jti, same body: log the retry, answer with the original outcome."""
+        claims = decision.claims
+        assert claims is not None
+        seen = self._seen[(claims.iss, claims.jti)]
+        fields = {**_claims_fields(claims), "outcome": "retried"}
+        record = self.log.append(LogEntry(kind="retry", at=self.clock.now(), fields=fields))
+        self.metrics.messages.labels("retried", "").inc()
+        await self.log.sync(record.seq)
+        await asyncio.wait([seen.outcome])
+        if seen.outcome.cancelled():
+            # The first attempt failed transiently and was forgotten: this one goes through.
+            return await self.relay(request)
+        return seen.outcome.result()
+
+    async def _deliver(
+        self, decision: Decision, signature: str, body: bytes, *, content_type: str
+    ) -> WireResponse:
         claims = decision.claims
         assert claims is not None
         outcome: asyncio.Future[WireResponse] = asyncio.get_running_loop().create_future()
@@ -170,7 +187,7 @@ class Gateway:
         heapq.heappush(self._expiry, (claims.exp, claims.iss, claims.jti))
         final = False
         try:
-            response, final = await self._forward(decision, signature, body)
+            response, final = await self._forward(decision, signature, body, content_type)
         finally:
             if final:
                 outcome.set_result(response)
@@ -181,7 +198,7 @@ class Gateway:
         return response
 
     async def _forward(
-        self, decision: Decision, signature: str, body: bytes
+        self, decision: Decision, signature: str, body: bytes, content_type: str
     ) -> tuple[WireResponse, bool]:
         """Log the request, forward it with a receipt, check and relay the answer.
 
@@ -199,7 +216,7 @@ class Gateway:
             headers={
                 HEADER_SIGNATURE: signature,
                 HEADER_RECEIPT: receipt,
-                "Content-Type": "application/json",
+                "Content-Type": content_type,
             },
             body=body,
         )

@@ -129,6 +129,10 @@ class MemoryTransport(Transport):
     def mount(self, base_url: str, handler: Handler) -> None:
         self._routes[self._origin(base_url)] = handler
 
+    def route(self, base_url: str) -> Handler | None:
+        """The handler mounted for ``base_url``'s origin (to wrap it in a test)."""
+        return self._routes.get(self._origin(base_url))
+
     def set_down(self, base_url: str, down: bool = True) -> None:
         """Make an origin refuse connections (outage simulation)."""
         origin = self._origin(base_url)

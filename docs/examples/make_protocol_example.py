@@ -15,9 +15,12 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import json
+import logging
 import sys
 from pathlib import Path
+from typing import Any
 
+import structlog
 from cryptography.hazmat.primitives import serialization
 
 from gateway.admin import conf_document
@@ -135,7 +138,9 @@ async def _example() -> str:
     forged = sign_message(
         party, to=RECEIVER, body=BODY, jti="AG001-20150101-0002", now=now, key=world.operator_key
     )
-    refused = await world.send(SENDER, to=RECEIVER, body=BODY, jti="x", signature=forged)
+    refused = await world.send(
+        SENDER, to=RECEIVER, body=BODY, jti="AG001-20150101-0002", signature=forged
+    )
     _block(
         out,
         "Signed with the wrong key: no jti in the document",
@@ -152,13 +157,15 @@ async def _example() -> str:
     return "\n".join(out).rstrip() + "\n"
 
 
-def _gateway_entry(document: dict[str, object]) -> str:
-    entry = dict(document["gateway"])  # type: ignore[call-overload]
+def _gateway_entry(document: dict[str, Any]) -> str:
+    entry = dict(document["gateway"])
     entry["certificate"] = "-----BEGIN CERTIFICATE-----\n..."
     return json.dumps(entry, indent=2)
 
 
 def main(argv: list[str]) -> int:
+    # The gateway logs each refusal at info level; keep stdout for the example alone.
+    structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(logging.WARNING))
     example = asyncio.run(_example())
     if len(argv) == 2 and argv[0] == "--check":
         if example in Path(argv[1]).read_text(encoding="utf-8"):
