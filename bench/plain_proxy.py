@@ -78,7 +78,7 @@ async def _health(request: web.Request) -> web.Response:
 
 
 def create_proxy_app(upstream: str, *, pool: int = 256, timeout: float = 10.0) -> web.Application:
-    """The proxy app; its session (``pool`` connections, like the gateway's) lives in cleanup_ctx."""
+    """The proxy app; its session (``pool`` connections, as the gateway's) is a cleanup_ctx."""
     app = web.Application(client_max_size=MAX_BODY_BYTES)
     app[UPSTREAM_KEY] = upstream.rstrip("/") + "/"
 

@@ -42,6 +42,7 @@ from pathlib import Path
 from typing import Final
 
 import aiohttp
+from plain_proxy import TARGET_HEADER  # bench/ is on sys.path when run as a script
 
 from agents.connector import Identity, encode_json, sign_message
 from agents.host import load_identities
@@ -55,7 +56,6 @@ from gateway.protocol import (
     sign_token,
 )
 from gateway.state import StateDir, init_state
-from plain_proxy import TARGET_HEADER  # bench/ is on sys.path when run as a script
 
 BENCH_DIR: Final = Path(__file__).resolve().parent
 PROXY_SCRIPT: Final = BENCH_DIR / "plain_proxy.py"
@@ -359,12 +359,11 @@ async def _run_load(bench: Bench, args: argparse.Namespace) -> dict[str, Tally]:
                 )
             estimate[path] = warm.ok / elapsed
             print(
-                f"warm-up {LABELS[path]:<16} {sent:>6} messages, {warm.rate:>7.0f}/s"
+                f"warm-up {LABELS[path]:<16} {sent:>6} messages, {estimate[path]:>7.0f} ok/s"
                 f"{'' if warm.errors == 0 else f', errors {dict(warm.statuses)}'}"
             )
-        print(
-            f"timed: {rounds} rounds x {window:.1f} s per path, order {' '.join(_window_order(rounds))}"
-        )
+        order = " ".join(_window_order(rounds))
+        print(f"timed: {rounds} rounds x {window:.1f} s per path, order {order}")
         for number, path in enumerate(_window_order(rounds), start=1):
             count = math.ceil(estimate[path] * window * 1.6) + 4 * args.concurrency
             signing = time.perf_counter()
