@@ -2,21 +2,19 @@
 
 from __future__ import annotations
 
-from agents.connector import (
-    Connector,
+from agents.connector import Connector, Reply, RetryPolicy
+from agents.host import AgencyHost, ServiceHandler, load_identities, ping
+from agents.verification import (
     ConnectorError,
     Directory,
     Identity,
     Refused,
-    Reply,
-    RetryPolicy,
     Unreachable,
     VerificationFailed,
     sign_message,
     verify_conf,
     verify_inbound,
 )
-from agents.host import AgencyHost, ServiceHandler, load_identities, ping
 
 __all__ = [
     "AgencyHost",

@@ -21,7 +21,7 @@ from urllib.parse import urlsplit
 
 from aiohttp import web
 
-from agents.connector import (
+from agents.verification import (
     JSON_CONTENT_TYPE,
     Directory,
     Identity,

@@ -15,14 +15,13 @@ import structlog
 from cryptography.hazmat.primitives import serialization
 
 from gateway.log import JSONValue, LogEntry
-from gateway.protocol import b64url_encode, body_digest
+from gateway.protocol import TYP_CONF, b64url_encode, body_digest
 from gateway.registry import ConnectionState, StateChange, StateEvent
 from gateway.service import Gateway
 from gateway.trust import Enrolment, KeyRecord
 
 __all__ = ["TYP_CONF", "Admin", "conf_document"]
 
-TYP_CONF = "pasarela-conf+jwt"
 CONF_LIFETIME_SECONDS = 3600
 
 _log = structlog.get_logger("pasarela.admin")

@@ -31,6 +31,7 @@ __all__ = [
     "MAX_LIFETIME_SECONDS",
     "MAX_TOKEN_BYTES",
     "PROBLEM_CONTENT_TYPE",
+    "TYP_CONF",
     "TYP_MESSAGE",
     "TYP_RECEIPT",
     "MessageClaims",
@@ -54,6 +55,7 @@ HEADER_SIGNATURE: Final = "Pasarela-Signature"
 HEADER_RECEIPT: Final = "Pasarela-Receipt"
 TYP_MESSAGE: Final = "pasarela-msg+jwt"
 TYP_RECEIPT: Final = "pasarela-receipt+jwt"
+TYP_CONF: Final = "pasarela-conf+jwt"
 ALGORITHM: Final = "EdDSA"
 PROBLEM_CONTENT_TYPE: Final = "application/problem+json"
 FORBIDDEN_HEADERS: Final = frozenset({"jku", "x5u", "jwk", "x5c"})

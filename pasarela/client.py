@@ -9,7 +9,8 @@ from typing import Any
 from cryptography import x509
 from rich.console import Console
 
-from agents.connector import Connector, ConnectorError, Identity, Refused, Unreachable
+from agents.connector import Connector
+from agents.verification import ConnectorError, Identity, Refused, Unreachable
 from gateway.clock import SystemClock, SystemRandomness
 from gateway.state import StateError
 

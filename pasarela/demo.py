@@ -25,7 +25,8 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from rich.console import Console
 from rich.table import Table
 
-from agents.connector import Connector, Identity, Refused
+from agents.connector import Connector
+from agents.verification import Identity, Refused
 from gateway.clock import SystemClock, SystemRandomness
 from gateway.log import verify
 from gateway.protocol import HEADER_SIGNATURE

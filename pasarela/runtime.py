@@ -12,8 +12,8 @@ from pathlib import Path
 import structlog
 from aiohttp import web
 
-from agents.connector import Directory
 from agents.host import AgencyHost, load_identities
+from agents.verification import Directory
 from gateway.clock import SystemClock, SystemRandomness
 from gateway.http import create_app
 from gateway.log import MessageLog

@@ -16,18 +16,17 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cryptography.x509.oid import NameOID
 
 import agents
-from agents.connector import (
+from agents.connector import Connector, RetryPolicy
+from agents.host import AgencyHost
+from agents.verification import (
     TYP_CONF,
-    Connector,
     Directory,
     Identity,
     Refused,
-    RetryPolicy,
     Unreachable,
     VerificationFailed,
     verify_inbound,
 )
-from agents.host import AgencyHost
 from gateway.clock import ManualClock, SeededRandomness
 from gateway.protocol import (
     HEADER_RECEIPT,

@@ -11,8 +11,8 @@ import pytest
 from aiohttp.test_utils import TestClient, TestServer
 from cryptography.hazmat.primitives import serialization
 
-from agents.connector import Directory, Identity, sign_message
 from agents.host import AgencyHost, load_identities
+from agents.verification import Directory, Identity, sign_message
 from gateway.clock import ManualClock, SeededRandomness
 from gateway.protocol import (
     HEADER_RECEIPT,
