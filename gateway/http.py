@@ -14,6 +14,7 @@ Routes::
 from __future__ import annotations
 
 import json
+from collections import Counter
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from typing import Any
 
@@ -25,7 +26,7 @@ from gateway.admin import Admin, conf_document
 from gateway.log import LogEntry
 from gateway.operators import OperatorAuthError, verify_operator_token
 from gateway.protocol import HEADER_SIGNATURE, PROBLEM_CONTENT_TYPE, ProblemCode, problem_document
-from gateway.registry import IllegalTransition, RegistryError, StateEvent
+from gateway.registry import ConnectionState, IllegalTransition, RegistryError, StateEvent
 from gateway.service import Gateway
 from gateway.transport import WireRequest, WireResponse
 from gateway.trust import TrustError
@@ -139,7 +140,9 @@ async def get_health(request: web.Request) -> web.Response:
 
 
 async def get_metrics(request: web.Request) -> web.Response:
-    body = request.app[GATEWAY_KEY].metrics.render()
+    gateway = request.app[GATEWAY_KEY]
+    states = Counter(agency.state.value for agency in gateway.registry.agencies())
+    body = gateway.metrics.render({state.value: states[state.value] for state in ConnectionState})
     return web.Response(body=body, headers={"Content-Type": "text/plain; version=0.0.4"})
 
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
 __all__ = ["GatewayMetrics"]
@@ -28,11 +30,20 @@ class GatewayMetrics:
             ["action"],
             registry=self.registry,
         )
+        self.agencies = Gauge(
+            "pasarela_agencies",
+            "Agencies in the registry, by connection state.",
+            ["state"],
+            registry=self.registry,
+        )
         self.log_seq = Gauge(
             "pasarela_log_sequence",
             "Last sequence number of the message log.",
             registry=self.registry,
         )
 
-    def render(self) -> bytes:
+    def render(self, states: Mapping[str, int] | None = None) -> bytes:
+        """The exposition text; ``states`` refreshes the per-state agency gauge first."""
+        for state, count in (states or {}).items():
+            self.agencies.labels(state).set(count)
         return generate_latest(self.registry)

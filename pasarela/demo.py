@@ -207,6 +207,7 @@ def run_demo(*, agencies: int, keep: Path | None, console: Console) -> int:
                 else ""
             )
         )
-        held = exchanged and refused and result.ok and bool(rejected)
+        clean_stop = gateway.returncode == 0 and host.returncode == 0
+        held = exchanged and refused and result.ok and bool(rejected) and clean_stop
         console.print("[green]demo OK[/green]" if held else "[red]demo FAILED[/red]")
         return 0 if held else 1

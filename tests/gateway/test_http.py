@@ -124,6 +124,7 @@ async def test_metrics_count_outcomes_by_reason(
     text = await (await client.get("/metrics")).text()
     assert 'pasarela_messages_total{outcome="rejected",reason="malformed"} 1.0' in text
     assert "pasarela_relay_seconds_bucket" in text
+    assert 'pasarela_agencies{state="connected"} 3.0' in text
 
 
 async def test_admin_requires_an_operator_token(
