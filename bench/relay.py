@@ -44,8 +44,8 @@ from typing import Final
 import aiohttp
 from plain_proxy import TARGET_HEADER  # bench/ is on sys.path when run as a script
 
-from agents.connector import Identity, encode_json, sign_message
-from agents.host import load_identities
+from agents import Identity, load_identities, sign_message
+from agents.verification import encode_json
 from gateway.clock import SystemClock, SystemRandomness
 from gateway.protocol import (
     HEADER_RECEIPT,

@@ -15,10 +15,16 @@ import structlog
 from cryptography.hazmat.primitives import serialization
 
 from gateway.log import JSONValue, LogEntry
-from gateway.protocol import TYP_CONF, b64url_encode, body_digest
+from gateway.protocol import (
+    MAX_LIFETIME_SECONDS,
+    MAX_TOKEN_BYTES,
+    TYP_CONF,
+    b64url_encode,
+    body_digest,
+)
 from gateway.registry import ConnectionState, StateChange, StateEvent
 from gateway.service import Gateway
-from gateway.trust import Enrolment, KeyRecord
+from gateway.trust import Enrolment, KeyRecord, csr_agency
 
 __all__ = ["TYP_CONF", "Admin", "conf_document"]
 
@@ -112,9 +118,9 @@ class Admin:
     async def submit_enrolment(self, csr_pem: str) -> Enrolment:
         """An agency asks for a certificate; moves it to ``enrolling`` when it may."""
         gw = self.gateway
+        agency = gw.registry.require(csr_agency(csr_pem))  # before anything is stored
         enrolment_id = b64url_encode(gw.randomness.token_bytes(12))
         enrolment = gw.trust.submit(csr_pem, enrolment_id=enrolment_id, now=gw.clock.now())
-        agency = gw.registry.require(enrolment.agency)
         if agency.state in (ConnectionState.DISCONNECTED, ConnectionState.DIRECT):
             gw.registry.apply(
                 agency.code, StateEvent.ENROL, actor=agency.code, reason="CSR submitted"
@@ -184,7 +190,8 @@ def conf_document(gateway: Gateway) -> tuple[bytes, str]:
         "generation": gateway.trust.generation,
         "limits": {
             "leeway_seconds": limits.leeway,
-            "max_lifetime_seconds": 300,
+            "max_lifetime_seconds": MAX_LIFETIME_SECONDS,
+            "max_token_bytes": MAX_TOKEN_BYTES,
             "max_body_bytes": limits.max_body,
             "rate_per_second": limits.rate_per_second,
             "burst": limits.burst,

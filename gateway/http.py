@@ -25,6 +25,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from gateway.admin import Admin, conf_document
 from gateway.log import LogEntry
 from gateway.operators import OperatorAuthError, verify_operator_token
+from gateway.pipeline import Decision, Verdict
 from gateway.protocol import HEADER_SIGNATURE, PROBLEM_CONTENT_TYPE, ProblemCode, problem_document
 from gateway.registry import ConnectionState, IllegalTransition, RegistryError, StateEvent
 from gateway.service import Gateway
@@ -55,10 +56,8 @@ def _problem(
 
 def _render(response: WireResponse) -> web.Response:
     headers = dict(response.headers)
-    content_type = headers.pop("Content-Type", "application/json")
-    out = web.Response(status=response.status, body=response.body, headers=headers)
-    out.content_type = content_type.split(";")[0].strip()
-    return out
+    headers.setdefault("Content-Type", "application/json")
+    return web.Response(status=response.status, body=response.body, headers=headers)
 
 
 @web.middleware
@@ -100,6 +99,15 @@ def _wire_headers(request: web.Request) -> dict[str, str]:
 
 async def post_message(request: web.Request) -> web.Response:
     gateway = request.app[GATEWAY_KEY]
+    encoding = request.headers.get("Content-Encoding", "identity").strip().lower()
+    if encoding != "identity":
+        # bh covers the bytes on the wire; a decoded body would be other bytes.
+        refusal = Decision(
+            verdict=Verdict.REJECT,
+            reason=ProblemCode.MALFORMED,
+            detail=f"Content-Encoding {encoding[:40]!r} not accepted; send the body as is",
+        )
+        return _render(await gateway.refuse(refusal))
     body = await _read_body(request, gateway.config.limits.max_body)
     wire = WireRequest(url=str(request.url), headers=_wire_headers(request), body=body)
     return _render(await gateway.relay(wire))

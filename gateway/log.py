@@ -77,11 +77,12 @@ def canonical_bytes(
 ) -> bytes:
     """The exact bytes a record's hash covers.
 
-    ``at`` is hashed as a float, so ``0`` and ``0.0`` give the same bytes (the store reads
-    a REAL column back as a float). Raises ``ValueError`` for NaN or infinite numbers and
-    ``TypeError`` for values that are not JSON.
+    ``at`` is hashed as an integer number of milliseconds (``at_ms``), so every language
+    writes the same digits and ``0`` and ``0.0`` give the same bytes. Raises ``ValueError``
+    for NaN or infinite numbers and ``TypeError`` for values that are not JSON.
     """
-    document = {"seq": seq, "at": float(at), "kind": kind, "fields": dict(fields), "prev": prev}
+    at_ms = round(float(at) * 1000)
+    document = {"seq": seq, "at_ms": at_ms, "kind": kind, "fields": dict(fields), "prev": prev}
     return canonical_json(document).encode("utf-8")
 
 

@@ -12,7 +12,7 @@ from collections.abc import Mapping
 import jwt
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
-from gateway.protocol import ALGORITHM, FORBIDDEN_HEADERS, b64url_encode
+from gateway.protocol import ALGORITHM, ALLOWED_HEADERS, FORBIDDEN_HEADERS, b64url_encode
 
 __all__ = ["TYP_ADMIN", "OperatorAuthError", "mint_operator_token", "verify_operator_token"]
 
@@ -58,8 +58,8 @@ def verify_operator_token(
         raise OperatorAuthError(f"operator token malformed: {exc}") from exc
     if header.get("alg") != ALGORITHM or header.get("typ") != TYP_ADMIN:
         raise OperatorAuthError("operator token must be EdDSA with typ pasarela-admin+jwt")
-    if FORBIDDEN_HEADERS & set(header) or "crit" in header:
-        raise OperatorAuthError("operator token carries a forbidden header")
+    if FORBIDDEN_HEADERS & set(header) or set(header) - ALLOWED_HEADERS:
+        raise OperatorAuthError("operator token carries a forbidden or unknown header")
     name = header.get("kid")
     if not isinstance(name, str):
         raise OperatorAuthError("operator token kid missing")

@@ -155,7 +155,7 @@ def _key_problem(key: KeyRecord, trust: TrustStore, now: float) -> tuple[Problem
             f"key of generation {key.generation}; generation {trust.generation} is current",
         )
     if not key.valid_at(now):
-        return ProblemCode.REVOKED_KEY, "certificate outside its validity period"
+        return ProblemCode.KEY_EXPIRED, "certificate outside its validity period"
     return None
 
 

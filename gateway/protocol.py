@@ -80,6 +80,7 @@ class ProblemCode(StrEnum):
     FORBIDDEN_HEADER = "forbidden-header"
     UNKNOWN_KEY = "unknown-key"
     REVOKED_KEY = "revoked-key"
+    KEY_EXPIRED = "key-expired"
     SUPERSEDED_KEY = "superseded-key"
     SENDER_MISMATCH = "sender-mismatch"
     EXPIRED = "expired"
@@ -118,6 +119,7 @@ _PROBLEMS: Final[Mapping[ProblemCode, tuple[int, str]]] = {
     ProblemCode.FORBIDDEN_HEADER: (400, "Forbidden JOSE header"),
     ProblemCode.UNKNOWN_KEY: (401, "Unknown key"),
     ProblemCode.REVOKED_KEY: (401, "Key revoked"),
+    ProblemCode.KEY_EXPIRED: (401, "Certificate outside its validity period"),
     ProblemCode.SUPERSEDED_KEY: (401, "Key from a distrusted generation"),
     ProblemCode.SENDER_MISMATCH: (403, "Sender does not own the key"),
     ProblemCode.EXPIRED: (401, "Message expired"),
@@ -160,9 +162,13 @@ def b64url_decode(text: str) -> bytes:
     if not _B64URL.fullmatch(text) or len(text) % 4 == 1:
         raise ValueError("not base64url without padding")
     try:
-        return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
+        data = base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
     except binascii.Error as exc:
         raise ValueError(str(exc)) from exc
+    if b64url_encode(data) != text:
+        # Non-zero trailing bits: another spelling of the same bytes (malleable).
+        raise ValueError("not canonical base64url (non-zero trailing bits)")
+    return data
 
 
 def body_digest(body: bytes) -> str:
@@ -363,7 +369,7 @@ def receipt_claims(parsed: ParsedToken) -> ReceiptClaims:
         raise ProtocolError(ProblemCode.MALFORMED, "receipt claim 'seq' must be a positive integer")
     for name in ("lh", "bh"):
         value = claims.get(name)
-        if not isinstance(value, str) or len(value) != 43:
+        if not isinstance(value, str) or len(value) != 43 or not _B64URL.fullmatch(value):
             raise ProtocolError(ProblemCode.MALFORMED, f"receipt claim {name!r} not valid")
     corr = claims.get("corr")
     return ReceiptClaims(

@@ -31,6 +31,7 @@ __all__ = [
     "TrustError",
     "TrustStore",
     "build_csr",
+    "csr_agency",
     "generate_key",
     "load_private_key",
     "private_key_pem",
@@ -79,6 +80,23 @@ def build_csr(agency: str, key: Ed25519PrivateKey) -> bytes:
         .sign(key, None)
     )
     return csr.public_bytes(serialization.Encoding.PEM)
+
+
+def csr_agency(csr_pem: str) -> str:
+    """The agency a PEM CSR asks for, once its signature, key type and subject check out."""
+    try:
+        csr = x509.load_pem_x509_csr(csr_pem.encode("ascii"))
+    except (ValueError, UnicodeEncodeError) as exc:
+        raise TrustError(f"not a PEM CSR: {exc}") from exc
+    if not isinstance(csr.public_key(), Ed25519PublicKey):
+        raise TrustError("CSR key is not Ed25519")
+    if not csr.is_signature_valid:
+        raise TrustError("CSR signature does not verify")
+    cn = csr.subject.get_attributes_for_oid(NameOID.COMMON_NAME)
+    agency = str(cn[0].value) if cn else ""
+    if not AGENCY_CODE.fullmatch(agency):
+        raise TrustError(f"CSR subject CN {agency!r} is not an agency code")
+    return agency
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -256,18 +274,7 @@ class TrustStore:
 
     def submit(self, csr_pem: str, *, enrolment_id: str, now: float) -> Enrolment:
         """Check a CSR (signature, Ed25519, CN is an agency code) and queue it."""
-        try:
-            csr = x509.load_pem_x509_csr(csr_pem.encode("ascii"))
-        except (ValueError, UnicodeEncodeError) as exc:
-            raise TrustError(f"not a PEM CSR: {exc}") from exc
-        if not isinstance(csr.public_key(), Ed25519PublicKey):
-            raise TrustError("CSR key is not Ed25519")
-        if not csr.is_signature_valid:
-            raise TrustError("CSR signature does not verify")
-        cn = csr.subject.get_attributes_for_oid(NameOID.COMMON_NAME)
-        agency = str(cn[0].value) if cn else ""
-        if not AGENCY_CODE.fullmatch(agency):
-            raise TrustError(f"CSR subject CN {agency!r} is not an agency code")
+        agency = csr_agency(csr_pem)
         enrolment = Enrolment(id=enrolment_id, agency=agency, csr_pem=csr_pem, submitted_at=now)
         self._enrolments[enrolment_id] = enrolment
         return enrolment

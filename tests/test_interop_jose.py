@@ -216,7 +216,7 @@ async def test_receipt_lh_is_the_hash_of_the_log_record(
     record = world.store.rows[receipt["seq"] - 1]
     document = {
         "seq": record.seq,
-        "at": float(record.at),
+        "at_ms": round(record.at * 1000),
         "kind": record.kind,
         "fields": dict(record.fields),
         "prev": record.prev,

@@ -267,3 +267,45 @@ def test_world_is_deterministic_for_a_seed() -> None:
     a, b, c = make_gateway(seed=1), make_gateway(seed=1), make_gateway(seed=2)
     assert a.parties["AG001"].kid == b.parties["AG001"].kid
     assert a.parties["AG001"].kid != c.parties["AG001"].kid
+
+
+async def test_compressed_body_is_refused_and_logged(
+    world: GatewayWorld, client: TestClient[object, object]
+) -> None:
+    """Content-Encoding other than identity: 400 malformed, logged (bh covers wire bytes)."""
+    import gzip
+
+    token = sign_message(world.parties["AG001"], to="AG002", jti="gz", now=world.clock.now())
+    headers = {HEADER_SIGNATURE: token, "Content-Encoding": "gzip"}
+    resp = await client.post("/v1/messages", data=gzip.compress(b"{}"), headers=headers)
+    assert resp.status == 400
+    assert "Content-Encoding" in (await resp.json(content_type=None))["detail"]
+    await world.gateway.log.sync()
+    assert world.store.rows[-1].fields["reason"] == "malformed"
+    assert world.handled == []
+
+
+async def test_enrolment_for_an_unknown_agency_stores_nothing(
+    world: GatewayWorld, client: TestClient[object, object]
+) -> None:
+    """A CSR for an agency not in the registry is refused before anything is kept."""
+    from gateway.trust import build_csr, generate_key
+
+    csr = build_csr("AG404", generate_key(world.randomness)).decode()
+    resp = await client.post("/v1/enrolments", json={"csr": csr})
+    assert resp.status == 400
+    assert world.trust.enrolments() == []
+
+
+async def test_receiver_content_type_is_relayed_verbatim(
+    world: GatewayWorld, client: TestClient[object, object]
+) -> None:
+    """The sender's Content-Type reaches the receiver unchanged, parameters included."""
+    body = b'{"a":1}'
+    token = sign_message(
+        world.parties["AG001"], to="AG002", body=body, jti="ct", now=world.clock.now()
+    )
+    headers = {HEADER_SIGNATURE: token, "Content-Type": "application/json; charset=utf-8"}
+    resp = await client.post("/v1/messages", data=body, headers=headers)
+    assert resp.status == 200
+    assert world.handled[0].headers["Content-Type"] == "application/json; charset=utf-8"

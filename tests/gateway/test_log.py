@@ -77,9 +77,11 @@ def test_genesis_hash_is_32_zero_bytes() -> None:
 
 
 def test_canonical_bytes_are_sorted_compact_utf8() -> None:
-    """canonical_bytes is sorted, compact, UTF-8 JSON with ``at`` as a float."""
-    data = canonical_bytes(3, 5, "admin", {"b": 1, "a": "ñ"}, "p")
-    assert data == '{"at":5.0,"fields":{"a":"ñ","b":1},"kind":"admin","prev":"p","seq":3}'.encode()
+    """canonical_bytes is sorted, compact, UTF-8 JSON with ``at`` as integer milliseconds."""
+    data = canonical_bytes(3, 5.0015, "admin", {"b": 1, "a": "ñ"}, "p")
+    assert (
+        data == '{"at_ms":5002,"fields":{"a":"ñ","b":1},"kind":"admin","prev":"p","seq":3}'.encode()
+    )
 
 
 def test_record_hash_is_sha256_of_canonical_bytes() -> None:

@@ -370,3 +370,19 @@ def test_padding_in_base64_is_refused() -> None:
 
     with pytest.raises(ValueError, match="base64url"):
         b64url_decode(base64.urlsafe_b64encode(b"ab").decode())
+
+
+async def test_certificate_past_its_validity_is_key_expired(world: GatewayWorld) -> None:
+    """A certificate used after its notAfter: key-expired."""
+    world.clock.advance(731 * 86400)
+    response = await world.send("AG001", to="AG002", jti="late")
+    _assert_problem(response, ProblemCode.KEY_EXPIRED)
+
+
+def test_non_canonical_base64url_is_refused() -> None:
+    """Trailing bits must be zero: 'AB' is another spelling of 'AA' and is refused."""
+    from gateway.protocol import b64url_decode
+
+    assert b64url_decode("AA") == b"\0"
+    with pytest.raises(ValueError, match="canonical"):
+        b64url_decode("AB")
