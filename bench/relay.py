@@ -55,12 +55,13 @@ from gateway.protocol import (
     body_digest,
     sign_token,
 )
-from gateway.state import StateDir, init_state
+from gateway.state import StateDir, StateError, init_state
 
 BENCH_DIR: Final = Path(__file__).resolve().parent
 PROXY_SCRIPT: Final = BENCH_DIR / "plain_proxy.py"
 LIFETIME: Final = 180  # seconds a pre-signed message stays valid; a window is at most 60 s
 MAX_WINDOW: Final = 60.0
+HEADROOM: Final = 2.5  # messages pre-signed per window, over the best rate seen so far
 TARGET_RATIO: Final = 0.30
 TARGET_RATE: Final = 2_000.0
 EXIT_OK, EXIT_SETUP = 0, 3
@@ -160,10 +161,6 @@ class Signer:
         self._body_bytes = body_bytes
         self._run = os.urandom(4).hex()
         self._next = 0
-
-    @property
-    def agencies(self) -> int:
-        return len(self._identities)
 
     def batch(self, count: int, *, receipts: bool, tag: str) -> list[Message]:
         """``count`` messages issued now; with ``receipts``, each with a gateway receipt."""
@@ -365,7 +362,7 @@ async def _run_load(bench: Bench, args: argparse.Namespace) -> dict[str, Tally]:
         order = " ".join(_window_order(rounds))
         print(f"timed: {rounds} rounds x {window:.1f} s per path, order {order}")
         for number, path in enumerate(_window_order(rounds), start=1):
-            count = math.ceil(estimate[path] * window * 1.6) + 4 * args.concurrency
+            count = math.ceil(estimate[path] * window * HEADROOM) + 4 * args.concurrency
             signing = time.perf_counter()
             batch = bench.signer.batch(count, receipts=path == "a", tag=f"{number}{path}")
             signing = time.perf_counter() - signing
@@ -514,7 +511,7 @@ def run(args: argparse.Namespace) -> int:
                 concurrency=args.concurrency,
             )
             tallies = asyncio.run(_run_load(bench, args))
-        except (SetupError, OSError, ValueError) as exc:
+        except (SetupError, StateError, OSError, ValueError) as exc:
             print(f"setup failed: {exc}", file=sys.stderr)
             _print_logs(children)
             return EXIT_SETUP
@@ -524,8 +521,11 @@ def run(args: argparse.Namespace) -> int:
 
 def main() -> int:
     args = _parser().parse_args()
-    if args.seconds <= 0 or args.concurrency < 1 or args.rounds < 1 or args.warmup < 1:
-        print("--seconds, --concurrency, --rounds and --warmup must be positive", file=sys.stderr)
+    if min(args.seconds, args.concurrency, args.rounds, args.warmup, args.agencies) <= 0:
+        print(
+            "--seconds, --concurrency, --rounds, --warmup and --agencies must be positive",
+            file=sys.stderr,
+        )
         return 2
     return run(args)
 
