@@ -17,6 +17,7 @@ Errors::
 from __future__ import annotations
 
 import email.utils
+import functools
 import json
 import math
 from collections.abc import Mapping
@@ -74,7 +75,9 @@ def _raw(key: Ed25519PublicKey) -> bytes:
     return key.public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
 
 
+@functools.lru_cache(maxsize=4096)
 def _cert_kid(cert: x509.Certificate) -> str:
+    """kid of a certificate, cached: an agency signs every answer with the same one."""
     return protocol.kid_for_certificate(cert.public_bytes(serialization.Encoding.DER))
 
 

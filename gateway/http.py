@@ -109,7 +109,7 @@ async def post_message(request: web.Request) -> web.Response:
         )
         return _render(await gateway.refuse(refusal))
     body = await _read_body(request, gateway.config.limits.max_body)
-    wire = WireRequest(url=str(request.url), headers=_wire_headers(request), body=body)
+    wire = WireRequest(url=request.path, headers=_wire_headers(request), body=body)
     return _render(await gateway.relay(wire))
 
 

@@ -14,6 +14,7 @@ import asyncio
 import base64
 import hashlib
 import json
+import math
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from types import MappingProxyType
@@ -81,9 +82,23 @@ def canonical_bytes(
     writes the same digits and ``0`` and ``0.0`` give the same bytes. Raises ``ValueError``
     for NaN or infinite numbers and ``TypeError`` for values that are not JSON.
     """
+    return _document_text(seq, at, kind, canonical_json(fields), prev).encode("utf-8")
+
+
+def _document_text(seq: int, at: float, kind: str, fields_text: str, prev: str) -> str:
+    """canonical_json of the whole record, reusing the fields' canonical text.
+
+    Members in sorted order: at_ms, fields, kind, prev, seq (what sort_keys would give).
+    """
+    if not math.isfinite(at):
+        raise ValueError(f"record time must be a finite number, not {at!r}")
     at_ms = round(float(at) * 1000)
-    document = {"seq": seq, "at_ms": at_ms, "kind": kind, "fields": dict(fields), "prev": prev}
-    return canonical_json(document).encode("utf-8")
+    kind_text = json.dumps(kind, ensure_ascii=False)
+    prev_text = json.dumps(prev, ensure_ascii=False)
+    return (
+        f'{{"at_ms":{at_ms},"fields":{fields_text},"kind":{kind_text},'
+        f'"prev":{prev_text},"seq":{int(seq)}}}'
+    )
 
 
 def record_hash(seq: int, at: float, kind: str, fields: Mapping[str, JSONValue], prev: str) -> str:
@@ -101,7 +116,8 @@ def chain(entry: LogEntry, *, seq: int, prev: str) -> LogRecord:
     text = canonical_json(entry.fields)
     fields: dict[str, JSONValue] = json.loads(text)
     at = float(entry.at)
-    digest = record_hash(seq, at, entry.kind, fields, prev)
+    document = _document_text(seq, at, entry.kind, text, prev).encode("utf-8")
+    digest = _b64url(hashlib.sha256(document).digest())
     return LogRecord(
         seq=seq,
         at=at,

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import functools
 import hashlib
 import json
 import re
@@ -17,7 +18,6 @@ from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any, Final
 
-import jwt
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
@@ -259,10 +259,13 @@ def _reject_duplicate_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
     return out
 
 
+_STRICT_JSON = json.JSONDecoder(object_pairs_hook=_reject_duplicate_keys)
+
+
 def _json_object(segment: str, what: str) -> dict[str, Any]:
     try:
         raw = b64url_decode(segment)
-        value = json.loads(raw.decode("utf-8"), object_pairs_hook=_reject_duplicate_keys)
+        value = _STRICT_JSON.decode(raw.decode("utf-8"))
     except (ValueError, UnicodeDecodeError) as exc:
         raise ProtocolError(ProblemCode.MALFORMED, f"{what} is not base64url JSON: {exc}") from exc
     if not isinstance(value, dict):
@@ -383,9 +386,21 @@ def receipt_claims(parsed: ParsedToken) -> ReceiptClaims:
     )
 
 
+@functools.lru_cache(maxsize=4096)
+def _header_segment(kid: str, typ: str) -> str:
+    header = {"alg": ALGORITHM, "kid": kid, "typ": typ}
+    return b64url_encode(json.dumps(header, separators=(",", ":")).encode())
+
+
 def sign_token(claims: Mapping[str, Any], key: Ed25519PrivateKey, *, kid: str, typ: str) -> str:
-    """A compact JWS with exactly the headers ``alg``, ``typ`` and ``kid``."""
-    return jwt.encode(dict(claims), key, algorithm=ALGORITHM, headers={"kid": kid, "typ": typ})
+    """A compact JWS (RFC 7515) with exactly the headers ``alg``, ``typ`` and ``kid``.
+
+    Built directly (the header segment is cached per ``kid`` and ``typ``): this runs several
+    times per relayed message. Tests check that PyJWT and jwcrypto read it.
+    """
+    payload = b64url_encode(json.dumps(claims, separators=(",", ":")).encode())
+    signing_input = f"{_header_segment(kid, typ)}.{payload}"
+    return f"{signing_input}.{b64url_encode(key.sign(signing_input.encode('ascii')))}"
 
 
 def problem_document(code: ProblemCode, detail: str, *, jti: str | None = None) -> dict[str, Any]:

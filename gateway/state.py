@@ -178,6 +178,7 @@ class StateDir:
         )
         self.trust = TrustStore.restore(ca, self._document("trust"))
         self.registry = Registry.restore(self._document("registry"))
+        self.revision = int(self.documents.get("revision") or b"0")
         self.gateway_key = self._key(path / "gateway" / "key.pem")
         self.operators: dict[str, Ed25519PublicKey] = {}
         for name, pem in self._document("operators").items():
@@ -207,9 +208,15 @@ class StateDir:
         return SqliteLogStore(self.database)
 
     def persist(self) -> None:
-        """Write the trust and registry snapshots back (after an operator action)."""
+        """Write the trust and registry snapshots back (after an operator action).
+
+        The ``revision`` document counts the writes, so readers in other processes (the
+        agency host) can tell cheaply whether anything changed.
+        """
+        self.revision += 1
         self.documents.put("trust", json.dumps(self.trust.snapshot()).encode())
         self.documents.put("registry", json.dumps(self.registry.snapshot()).encode())
+        self.documents.put("revision", str(self.revision).encode())
 
     def close(self) -> None:
         self.documents.close()

@@ -27,6 +27,7 @@ __all__ = [
     "SqliteDocumentStore",
     "SqliteLogStore",
     "open_log_store",
+    "read_documents",
 ]
 
 SCHEMA_VERSION = 1
@@ -209,6 +210,27 @@ class SqliteDocumentStore:
 
     def close(self) -> None:
         self._conn.close()
+
+
+def read_documents(path: str | os.PathLike[str], *names: str) -> dict[str, bytes]:
+    """Read documents through a read-only connection (another process may own the file).
+
+    Never creates tables or takes the write lock: safe beside a running gateway.
+    """
+    uri = f"file:{os.fspath(path)}?mode=ro"
+    conn = sqlite3.connect(uri, uri=True, timeout=5.0)
+    try:
+        marks = ",".join("?" * len(names))
+        rows = conn.execute(
+            f"SELECT name, value FROM documents WHERE name IN ({marks})",  # noqa: S608 - only ? marks
+            names,
+        ).fetchall()
+    finally:
+        conn.close()
+    return {
+        str(name): value.encode("utf-8") if isinstance(value, str) else bytes(value)
+        for name, value in rows
+    }
 
 
 def open_log_store(url_or_path: str) -> LogStore:

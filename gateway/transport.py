@@ -9,12 +9,13 @@ from __future__ import annotations
 
 import abc
 import asyncio
+import functools
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from urllib.parse import urlsplit
 
 import aiohttp
-from multidict import CIMultiDict, CIMultiDictProxy
+from multidict import CIMultiDictProxy
 
 __all__ = [
     "Handler",
@@ -90,9 +91,9 @@ class HttpTransport(Transport):
             async with self._client().request(
                 request.method,
                 request.url,
-                headers=CIMultiDict(request.headers),
+                headers=dict(request.headers),
                 data=request.body if request.body else None,
-                timeout=aiohttp.ClientTimeout(total=timeout),
+                timeout=_timeout(timeout),
                 allow_redirects=False,
             ) as response:
                 body = await response.read()
@@ -106,6 +107,11 @@ class HttpTransport(Transport):
         if self._session is not None and not self._session.closed:
             await self._session.close()
         self._session = None
+
+
+@functools.lru_cache(maxsize=64)
+def _timeout(seconds: float) -> aiohttp.ClientTimeout:
+    return aiohttp.ClientTimeout(total=seconds)
 
 
 def _plain(headers: CIMultiDictProxy[str]) -> dict[str, str]:

@@ -108,21 +108,18 @@ class KeyRecord:
     generation: int
     serial: int
     certificate: x509.Certificate
+    #: Read once from the certificate: the relay checks them twice per message.
+    public_key: Ed25519PublicKey
+    not_before: float
+    not_after: float
     revoked: bool = False
-
-    @property
-    def public_key(self) -> Ed25519PublicKey:
-        key = self.certificate.public_key()
-        assert isinstance(key, Ed25519PublicKey)  # issue() only certifies Ed25519 keys
-        return key
 
     @property
     def certificate_pem(self) -> str:
         return self.certificate.public_bytes(serialization.Encoding.PEM).decode("ascii")
 
     def valid_at(self, now: float) -> bool:
-        cert = self.certificate
-        return cert.not_valid_before_utc.timestamp() <= now <= cert.not_valid_after_utc.timestamp()
+        return self.not_before <= now <= self.not_after
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -246,16 +243,20 @@ class TrustStore:
         ou = cert.subject.get_attributes_for_oid(NameOID.ORGANIZATIONAL_UNIT_NAME)
         if not cn or not ou or not str(ou[0].value).startswith("generation-"):
             raise TrustError("certificate subject lacks CN or generation OU")
+        public_key = cert.public_key()
+        if not isinstance(public_key, Ed25519PublicKey):
+            raise TrustError("certificate key is not Ed25519")
         record = KeyRecord(
             kid=kid_for_certificate(cert.public_bytes(serialization.Encoding.DER)),
             agency=str(cn[0].value),
             generation=int(str(ou[0].value).removeprefix("generation-")),
             serial=cert.serial_number,
             certificate=cert,
+            public_key=public_key,
+            not_before=cert.not_valid_before_utc.timestamp(),
+            not_after=cert.not_valid_after_utc.timestamp(),
             revoked=revoked,
         )
-        if not isinstance(record.certificate.public_key(), Ed25519PublicKey):
-            raise TrustError("certificate key is not Ed25519")
         self._keys[record.kid] = record
         return record
 

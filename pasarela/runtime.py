@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import signal
 import sys
-from collections.abc import Callable
+import time
 from pathlib import Path
 
 import structlog
@@ -20,16 +21,17 @@ from gateway.log import MessageLog
 from gateway.pipeline import Limits
 from gateway.service import Gateway, GatewayConfig
 from gateway.state import StateDir, StateError
+from gateway.store import read_documents
 from gateway.transport import HttpTransport
 from gateway.trust import TrustStore
 
 __all__ = [
+    "StateWatcher",
     "build_gateway_app",
     "build_host_app",
     "configure_logging",
     "directory_from_trust",
     "run_app",
-    "state_directory",
 ]
 
 
@@ -87,32 +89,50 @@ def directory_from_trust(trust: TrustStore, *, gateway_code: str) -> Directory:
     )
 
 
-def state_directory(state_dir: Path) -> Callable[[], Directory]:
-    """A directory of keys read from the state, re-read when the state file changes."""
-    database = state_dir / "state.db"
-    cache: dict[str, object] = {}
+class StateWatcher:
+    """The agency host's view of keys, following the gateway's state without stalling.
 
-    def current() -> Directory:
-        stamp = database.stat().st_mtime_ns
-        cached = cache.get("directory")
-        if cached is None or cache.get("stamp") != stamp:
-            state = StateDir(state_dir)
-            try:
-                cached = directory_from_trust(state.trust, gateway_code=state.gateway_code)
-            finally:
-                state.close()
-            cache.update(directory=cached, stamp=stamp)
-        assert isinstance(cached, Directory)
-        return cached
+    Checks the state's ``revision`` document at most once per ``interval`` seconds, through
+    a read-only connection, and rebuilds the directory only when the revision changed (an
+    enrolment, a revocation, a new generation): the gateway's own log writes to the same
+    file never cause a reload.
+    """
 
-    return current
+    def __init__(self, state_dir: Path, *, interval: float = 1.0) -> None:
+        self._database = state_dir / "state.db"
+        self._interval = interval
+        ca = StateDir(state_dir)
+        try:
+            self._ca = ca.trust.ca
+            self._gateway_code = ca.gateway_code
+            self._revision = ca.revision
+            self._directory = directory_from_trust(ca.trust, gateway_code=ca.gateway_code)
+        finally:
+            ca.close()
+        self._checked = time.monotonic()
+
+    def __call__(self) -> Directory:
+        now = time.monotonic()
+        if now - self._checked >= self._interval:
+            self._checked = now
+            self._refresh()
+        return self._directory
+
+    def _refresh(self) -> None:
+        documents = read_documents(self._database, "revision", "trust")
+        revision = int(documents.get("revision", b"0"))
+        if revision == self._revision or "trust" not in documents:
+            return
+        trust = TrustStore.restore(self._ca, json.loads(documents["trust"]))
+        self._directory = directory_from_trust(trust, gateway_code=self._gateway_code)
+        self._revision = revision
 
 
 def build_host_app(state_dir: Path) -> tuple[web.Application, AgencyHost]:
     identities = load_identities(state_dir)
     host = AgencyHost(
         identities=identities,
-        directory=state_directory(state_dir),
+        directory=StateWatcher(state_dir),
         clock=SystemClock(),
         randomness=SystemRandomness(),
     )
