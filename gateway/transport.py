@@ -153,6 +153,7 @@ class MemoryTransport(Transport):
         if handler is None or origin in self._down:
             raise TransportError(f"{request.method} {request.url}: connection refused")
         try:
-            return await asyncio.wait_for(handler(request), timeout)
+            async with asyncio.timeout(timeout):
+                return await handler(request)
         except TimeoutError as exc:
             raise TransportError(f"{request.method} {request.url}: timed out") from exc

@@ -4,12 +4,17 @@ from __future__ import annotations
 
 import jwt
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from gateway.clock import SeededRandomness
 from gateway.protocol import (
+    _ALPHABET,
     TYP_MESSAGE,
     ProblemCode,
     ProtocolError,
+    b64url_decode,
+    b64url_encode,
     message_claims,
     parse_compact,
     sign_token,
@@ -70,3 +75,16 @@ def test_claim_shapes_are_checked(claim: str, value: object) -> None:
     )
     with pytest.raises(ProtocolError):
         message_claims(parsed)
+
+
+@given(data=st.binary(max_size=64), last=st.sampled_from(_ALPHABET))
+def test_base64url_has_exactly_one_spelling(data: bytes, last: str) -> None:
+    """decode(encode(x)) == x, and changing the last character never decodes to x again."""
+    text = b64url_encode(data)
+    assert b64url_decode(text) == data
+    if text and last != text[-1]:
+        try:
+            other = b64url_decode(text[:-1] + last)
+        except ValueError:
+            return
+        assert other != data
