@@ -29,14 +29,10 @@ import itertools
 import math
 import os
 import platform
-import signal
-import socket
-import subprocess
 import sys
 import tempfile
 import time
 from collections import Counter
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Final
@@ -56,6 +52,14 @@ from gateway.protocol import (
     sign_token,
 )
 from gateway.state import StateDir, StateError, init_state
+from pasarela.processes import (
+    Child,
+    StartupError,
+    child_process,
+    free_port,
+    pasarela_argv,
+    wait_healthy,
+)
 
 BENCH_DIR: Final = Path(__file__).resolve().parent
 PROXY_SCRIPT: Final = BENCH_DIR / "plain_proxy.py"
@@ -71,63 +75,17 @@ LABELS: Final = {"a": "(a) plain proxy", "b": "(b) gateway"}
 Message = tuple[dict[str, str], bytes]
 
 
-class SetupError(Exception):
+class SetupError(StartupError):
     """The state, a server or the first exchanges failed: nothing worth measuring."""
 
 
 # -- child processes ------------------------------------------------------------------------
 
 
-@dataclass(slots=True, kw_only=True)
-class Child:
-    name: str
-    url: str
-    process: subprocess.Popen[bytes]
-    log: Path
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
-@contextlib.contextmanager
-def _child(name: str, argv: list[str], port: int, log: Path) -> Iterator[Child]:
-    with log.open("wb") as out:
-        process = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT)
-        try:
-            yield Child(name=name, url=f"http://127.0.0.1:{port}", process=process, log=log)
-        finally:
-            if process.poll() is None:
-                process.send_signal(signal.SIGTERM)
-                try:
-                    process.wait(timeout=10)
-                except subprocess.TimeoutExpired:
-                    process.kill()
-                    process.wait()
-
-
-async def _wait_healthy(child: Child, timeout: float = 30.0) -> None:
-    deadline = time.monotonic() + timeout
-    async with aiohttp.ClientSession() as session:
-        while time.monotonic() < deadline:
-            if child.process.poll() is not None:
-                raise SetupError(f"{child.name} exited with code {child.process.returncode}")
-            with contextlib.suppress(aiohttp.ClientError, OSError):
-                async with session.get(f"{child.url}/v1/health") as response:
-                    if response.status == 200:
-                        return
-            await asyncio.sleep(0.1)
-    raise SetupError(f"{child.name} at {child.url} not healthy after {timeout:.0f}s")
-
-
 def _print_logs(children: list[Child], lines: int = 40) -> None:
     for child in children:
-        text = child.log.read_text(errors="replace").splitlines() if child.log.exists() else []
         print(f"--- {child.name} log ({child.log}), last {lines} lines ---", file=sys.stderr)
-        for line in text[-lines:]:
+        for line in child.tail(lines):
             print(line, file=sys.stderr)
 
 
@@ -468,7 +426,7 @@ def run(args: argparse.Namespace) -> int:
         root = temp / "state"
         children: list[Child] = []
         try:
-            ports = {name: _free_port() for name in ("host", "gateway", "proxy")}
+            ports = {name: free_port() for name in ("host", "gateway", "proxy")}
             agents_url = f"http://127.0.0.1:{ports['host']}"
             init_state(
                 root,
@@ -477,7 +435,7 @@ def run(args: argparse.Namespace) -> int:
                 randomness=SystemRandomness(),
                 now=SystemClock().now(),
             )
-            cli = [sys.executable, "-m", "pasarela"]
+            cli = pasarela_argv()
             state = ["--state", str(root)]
             specs = {
                 "agency host": [*cli, "agents", "serve", *state, "--port", str(ports["host"])],
@@ -494,10 +452,14 @@ def run(args: argparse.Namespace) -> int:
             port_of = {"agency host": "host", "gateway": "gateway", "plain proxy": "proxy"}
             for name, argv in specs.items():
                 log = temp / f"{name.replace(' ', '-')}.log"
-                children.append(stack.enter_context(_child(name, argv, ports[port_of[name]], log)))
+                children.append(
+                    stack.enter_context(
+                        child_process(name, argv, port=ports[port_of[name]], log=log)
+                    )
+                )
             host, gateway, proxy = children
             for child in children:
-                asyncio.run(_wait_healthy(child))
+                asyncio.run(wait_healthy(child))
             print(
                 f"pids: agency host {host.process.pid}, gateway {gateway.process.pid}, "
                 f"plain proxy {proxy.process.pid}, client {os.getpid()}"
@@ -511,7 +473,7 @@ def run(args: argparse.Namespace) -> int:
                 concurrency=args.concurrency,
             )
             tallies = asyncio.run(_run_load(bench, args))
-        except (SetupError, StateError, OSError, ValueError) as exc:
+        except (StartupError, StateError, OSError, ValueError) as exc:
             print(f"setup failed: {exc}", file=sys.stderr)
             _print_logs(children)
             return EXIT_SETUP

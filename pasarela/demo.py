@@ -11,12 +11,8 @@ import asyncio
 import contextlib
 import json
 import signal
-import socket
-import subprocess
-import sys
 import tempfile
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import aiohttp
@@ -33,47 +29,15 @@ from gateway.protocol import HEADER_SIGNATURE
 from gateway.state import init_state
 from gateway.store import SqliteLogStore
 from pasarela.client import load_identity
+from pasarela.processes import (
+    StartupError,
+    child_process,
+    free_port,
+    pasarela_argv,
+    wait_healthy,
+)
 
 __all__ = ["run_demo"]
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
-@contextlib.contextmanager
-def _server(args: list[str], log_path: Path) -> Iterator[subprocess.Popen[bytes]]:
-    with log_path.open("wb") as log:
-        process = subprocess.Popen(  # noqa: S603 - our own CLI, fixed arguments
-            [sys.executable, "-m", "pasarela", *args], stdout=log, stderr=subprocess.STDOUT
-        )
-        try:
-            yield process
-        finally:
-            if process.poll() is None:
-                process.send_signal(signal.SIGTERM)
-                try:
-                    process.wait(timeout=10)
-                except subprocess.TimeoutExpired:
-                    process.kill()
-                    process.wait()
-
-
-async def _wait_healthy(url: str, process: subprocess.Popen[bytes], timeout: float = 30.0) -> None:
-    deadline = time.monotonic() + timeout
-    async with aiohttp.ClientSession() as session:
-        while time.monotonic() < deadline:
-            if process.poll() is not None:
-                raise RuntimeError(f"{url} exited with code {process.returncode}")
-            with contextlib.suppress(aiohttp.ClientError, OSError):
-                async with session.get(url) as response:
-                    if response.status == 200:
-                        return
-            await asyncio.sleep(0.1)
-    raise RuntimeError(f"{url} not healthy after {timeout:.0f}s")
 
 
 async def _exchanges(state: Path, gateway_url: str, agencies: int, console: Console) -> bool:
@@ -155,7 +119,7 @@ def run_demo(*, agencies: int, keep: Path | None, console: Console) -> int:
             state = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="pasarela-")))
         else:
             state = keep.resolve()
-        gateway_port, agents_port = _free_port(), _free_port()
+        gateway_port, agents_port = free_port(), free_port()
         agents_url = f"http://127.0.0.1:{agents_port}"
         gateway_url = f"http://127.0.0.1:{gateway_port}"
         init_state(
@@ -167,29 +131,40 @@ def run_demo(*, agencies: int, keep: Path | None, console: Console) -> int:
         )
         root = state / "state"
         console.print(f"State with {agencies} agencies and the portal in {root}")
-        env_args = ["--state", str(root)]
+        state_args = ["--state", str(root)]
         host = stack.enter_context(
-            _server(
-                ["agents", "serve", *env_args, "--port", str(agents_port)], state / "agents.log"
+            child_process(
+                "agency host",
+                pasarela_argv("agents", "serve", *state_args, "--port", str(agents_port)),
+                port=agents_port,
+                log=state / "agents.log",
             )
         )
         gateway = stack.enter_context(
-            _server(["serve", *env_args, "--port", str(gateway_port)], state / "gateway.log")
+            child_process(
+                "gateway",
+                pasarela_argv("serve", *state_args, "--port", str(gateway_port)),
+                port=gateway_port,
+                log=state / "gateway.log",
+            )
         )
         try:
-            asyncio.run(_wait_healthy(f"{agents_url}/v1/health", host))
-            asyncio.run(_wait_healthy(f"{gateway_url}/v1/health", gateway))
-        except RuntimeError as exc:
+            asyncio.run(wait_healthy(host))
+            asyncio.run(wait_healthy(gateway))
+        except StartupError as exc:
             console.print(f"[red]could not start the servers: {exc}[/red]")
-            console.print(f"logs: {state / 'gateway.log'}, {state / 'agents.log'}")
+            for child in (gateway, host):
+                console.print(f"--- {child.name} ({child.log}) ---")
+                console.print("\n".join(child.tail()), markup=False)
             return 3
         console.print(f"Gateway on {gateway_url}, agency host on {agents_url}")
         exchanged = asyncio.run(_exchanges(root, gateway_url, agencies, console))
         refused = asyncio.run(_forgery(root, gateway_url, console))
-        for process in (gateway, host):
-            process.send_signal(signal.SIGTERM)
-            process.wait(timeout=10)
-        console.print(f"Servers stopped (gateway exit {gateway.returncode}).")
+        for child in (gateway, host):
+            child.process.send_signal(signal.SIGTERM)
+            child.process.wait(timeout=10)
+        codes = (gateway.process.returncode, host.process.returncode)
+        console.print(f"Servers stopped with SIGTERM (exit codes {codes[0]} and {codes[1]}).")
         store = SqliteLogStore(root / "state.db")
         try:
             records = list(store.records())
@@ -207,7 +182,7 @@ def run_demo(*, agencies: int, keep: Path | None, console: Console) -> int:
                 else ""
             )
         )
-        clean_stop = gateway.returncode == 0 and host.returncode == 0
+        clean_stop = codes == (0, 0)
         held = exchanged and refused and result.ok and bool(rejected) and clean_stop
         console.print("[green]demo OK[/green]" if held else "[red]demo FAILED[/red]")
         return 0 if held else 1
