@@ -74,6 +74,13 @@ async def problem_middleware(request: web.Request, handler: Handler) -> web.Stre
             413: ProblemCode.PAYLOAD_TOO_LARGE,
         }.get(exc.status, ProblemCode.INVALID_REQUEST)
         return _problem(code, exc.reason or code.caption)
+    except Exception:
+        # A defect, never an input problem: say so plainly, keep the trace in the event log.
+        _log.exception("internal_error", path=request.path[:200], method=request.method)
+        body = {"type": "about:blank", "title": "Internal Server Error", "status": 500}
+        return web.Response(
+            status=500, body=json.dumps(body).encode(), content_type=PROBLEM_CONTENT_TYPE
+        )
 
 
 async def _read_body(request: web.Request, limit: int) -> bytes:
@@ -186,6 +193,7 @@ def _reason(body: Mapping[str, Any]) -> str:
 
 
 async def post_enrolment(request: web.Request) -> web.Response:
+    gateway = request.app[GATEWAY_KEY]
     try:
         body = await _json_object(request)
         csr = body.get("csr")
@@ -193,9 +201,13 @@ async def post_enrolment(request: web.Request) -> web.Response:
             raise _InvalidRequestError(ProblemCode.INVALID_REQUEST, 'body must be {"csr": <PEM>}')
         enrolment = await request.app[ADMIN_KEY].submit_enrolment(csr)
     except (TrustError, RegistryError) as exc:
-        return _problem(ProblemCode.INVALID_REQUEST, str(exc))
+        return await _refuse_request(
+            gateway, request, ProblemCode.INVALID_REQUEST, str(exc), kind="enrolment-rejection"
+        )
     except _InvalidRequestError as exc:
-        return _problem(exc.code, exc.detail)
+        return await _refuse_request(
+            gateway, request, exc.code, exc.detail, kind="enrolment-rejection"
+        )
     return web.json_response(
         {"id": enrolment.id, "agency": enrolment.agency, "status": enrolment.status}, status=202
     )
@@ -238,26 +250,32 @@ def admin_route(action: AdminAction) -> Handler:
             body = await _json_object(request) if request.method == "POST" else {}
             result = await action(request, admin, operator, body)
         except OperatorAuthError as exc:
-            return await _refuse_admin(gateway, request, ProblemCode.UNAUTHENTICATED, str(exc))
+            return await _refuse_request(gateway, request, ProblemCode.UNAUTHENTICATED, str(exc))
         except _InvalidRequestError as exc:
-            return await _refuse_admin(gateway, request, exc.code, exc.detail)
+            return await _refuse_request(gateway, request, exc.code, exc.detail)
         except IllegalTransition as exc:
-            return await _refuse_admin(gateway, request, ProblemCode.INVALID_REQUEST, str(exc))
+            return await _refuse_request(gateway, request, ProblemCode.INVALID_REQUEST, str(exc))
         except RegistryError as exc:
-            return await _refuse_admin(gateway, request, ProblemCode.NOT_FOUND, str(exc))
+            return await _refuse_request(gateway, request, ProblemCode.NOT_FOUND, str(exc))
         except TrustError as exc:
-            return await _refuse_admin(gateway, request, ProblemCode.NOT_FOUND, str(exc))
+            return await _refuse_request(gateway, request, ProblemCode.NOT_FOUND, str(exc))
         return web.json_response(result)
 
     return handler
 
 
-async def _refuse_admin(
-    gateway: Gateway, request: web.Request, code: ProblemCode, detail: str
+async def _refuse_request(
+    gateway: Gateway,
+    request: web.Request,
+    code: ProblemCode,
+    detail: str,
+    *,
+    kind: str = "admin-rejection",
 ) -> web.Response:
+    """Log a refused admin or enrolment request durably, then answer problem+json."""
     record = gateway.log.append(
         LogEntry(
-            kind="admin-rejection",
+            kind=kind,
             at=gateway.clock.now(),
             fields={"path": request.path[:200], "reason": code.value, "detail": detail[:500]},
         )

@@ -309,3 +309,27 @@ async def test_receiver_content_type_is_relayed_verbatim(
     resp = await client.post("/v1/messages", data=body, headers=headers)
     assert resp.status == 200
     assert world.handled[0].headers["Content-Type"] == "application/json; charset=utf-8"
+
+
+async def test_a_defect_is_a_plain_500_problem_and_leaves_no_state(
+    world: GatewayWorld, client: TestClient[object, object]
+) -> None:
+    """An unexpected exception is rendered as problem+json 500 and the jti can be retried."""
+    from gateway.testing import RECEIVER_URL
+
+    async def broken(request: object) -> object:
+        raise RuntimeError("defect")
+
+    echo = world.transport.route(RECEIVER_URL)
+    assert echo is not None
+    world.transport.mount(RECEIVER_URL, broken)  # type: ignore[arg-type]
+    body = b"{}"
+    token = sign_message(
+        world.parties["AG001"], to="AG002", body=body, jti="x1", now=world.clock.now()
+    )
+    resp = await client.post("/v1/messages", data=body, headers={HEADER_SIGNATURE: token})
+    assert resp.status == 500
+    assert resp.content_type == "application/problem+json"
+    world.transport.mount(RECEIVER_URL, echo)
+    resp = await client.post("/v1/messages", data=body, headers={HEADER_SIGNATURE: token})
+    assert resp.status == 200

@@ -84,3 +84,48 @@ async def test_arbitrary_input_gets_a_logged_4xx_problem(
         assert len(world.store.rows) == 1
         assert world.store.rows[0].fields["reason"] == problem["type"].rsplit(":", 1)[1]
     assert world.handled == []
+
+
+_ADMIN_PATHS = st.sampled_from(
+    [
+        "/v1/admin/disconnect-all",
+        "/v1/admin/agencies/AG001/quarantine",
+        "/v1/admin/agencies/NOPE/connect",
+        "/v1/admin/agencies/AG001/transitions",
+        "/v1/admin/certificates/abc/revoke",
+        "/v1/admin/generations",
+        "/v1/admin/enrolments/xyz/approve",
+        "/v1/enrolments",
+    ]
+)
+_AUTH = st.none() | _VISIBLE | st.just("operator") | st.just("expired")
+
+
+@settings(max_examples=120, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(path=_ADMIN_PATHS, auth=_AUTH, body=st.binary(max_size=200) | _JSON.map(json.dumps))
+async def test_arbitrary_admin_and_enrolment_requests_get_logged_4xx_or_succeed(
+    path: str, auth: str | None, body: bytes | str
+) -> None:
+    """Admin and enrolment input never yields a 5xx; every refusal is a logged problem+json."""
+    world = make_gateway()
+    headers: dict[str, str] = {}
+    if auth == "operator":
+        headers["Authorization"] = f"Bearer {world.operator_token()}"
+    elif auth == "expired":
+        headers["Authorization"] = f"Bearer {world.operator_token(ttl=1)}"
+        world.clock.advance(120)
+    elif auth is not None:
+        headers["Authorization"] = auth
+    async with TestClient(TestServer(world.app())) as client:
+        resp = await client.post(path, data=body, headers=headers)
+        payload = await resp.read()
+        assert resp.status < 500, (resp.status, payload)
+        await world.gateway.log.sync()
+        if resp.status >= 400:
+            assert resp.content_type == "application/problem+json"
+            problem = json.loads(payload)
+            last = world.store.rows[-1]
+            assert last.kind in {"admin-rejection", "enrolment-rejection"}
+            assert last.fields["reason"] == problem["type"].rsplit(":", 1)[1]
+        else:
+            assert world.store.rows[-1].kind == "admin"
