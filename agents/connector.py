@@ -48,7 +48,7 @@ from gateway.protocol import (
 from gateway.transport import HttpTransport, Transport, TransportError, WireRequest, WireResponse
 from gateway.trust import build_csr
 
-__all__ = ["Connector", "Reply", "RetryPolicy"]
+__all__ = ["Connector", "Reply", "RetryPolicy", "enrol"]
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -233,22 +233,13 @@ class Connector:
 
     async def enrol(self, *, new_key: Ed25519PrivateKey) -> str:
         """Submit a CSR for ``new_key`` under this agency's code; return the enrolment id."""
-        csr = build_csr(self.identity.code, new_key).decode("ascii")
-        request = WireRequest(
-            url=f"{self._base}/v1/enrolments",
-            headers={"Content-Type": JSON_CONTENT_TYPE},
-            body=encode_json({"csr": csr}),
+        return await enrol(
+            code=self.identity.code,
+            new_key=new_key,
+            gateway_url=self._base,
+            transport=self._transport,
+            clock=self._clock,
         )
-        response, _ = await self._exchange(lambda: request, idempotent=False)
-        if response.status >= 400:
-            raise Refused.from_response(response, now=self._clock.now())
-        try:
-            enrolment_id = json.loads(response.body)["id"]
-        except (ValueError, UnicodeDecodeError, KeyError, TypeError) as exc:
-            raise ConnectorError(f"enrolment answer has no id: {exc}") from exc
-        if not isinstance(enrolment_id, str):
-            raise ConnectorError("enrolment id is not a string")
-        return enrolment_id
 
     async def _exchange(
         self, build: Callable[[], WireRequest], *, idempotent: bool
@@ -287,3 +278,39 @@ class Connector:
         """Close the transport if this connector created it."""
         if self._owns_transport:
             await self._transport.aclose()
+
+
+async def enrol(
+    *,
+    code: str,
+    new_key: Ed25519PrivateKey,
+    gateway_url: str,
+    transport: Transport,
+    clock: Clock,
+    timeout: float = 30.0,
+) -> str:
+    """POST a CSR for ``new_key`` under ``code`` to ``/v1/enrolments``; return its id.
+
+    Needs no certificate: this is how an agency without one (new, or after a new key
+    generation) asks for one. Sent once: a lost answer may hide a success, so a retry
+    could enrol twice.
+    """
+    csr = build_csr(code, new_key).decode("ascii")
+    request = WireRequest(
+        url=f"{gateway_url.rstrip('/')}/v1/enrolments",
+        headers={"Content-Type": JSON_CONTENT_TYPE},
+        body=encode_json({"csr": csr}),
+    )
+    try:
+        response = await transport.send(request, timeout=timeout)
+    except TransportError as exc:
+        raise Unreachable(f"enrolment at {gateway_url}: {exc}") from exc
+    if response.status >= 400:
+        raise Refused.from_response(response, now=clock.now())
+    try:
+        enrolment_id = json.loads(response.body)["id"]
+    except (ValueError, UnicodeDecodeError, KeyError, TypeError) as exc:
+        raise ConnectorError(f"enrolment answer has no id: {exc}") from exc
+    if not isinstance(enrolment_id, str):
+        raise ConnectorError("enrolment id is not a string")
+    return enrolment_id

@@ -107,6 +107,10 @@ class AgencyHost:
         self._answers: dict[tuple[str, str, str], _Answer] = {}
         self._expiry: list[tuple[float, tuple[str, str, str]]] = []
 
+    def set_identity(self, identity: Identity) -> None:
+        """Serve ``identity.code`` with these credentials from now on (after re-enrolment)."""
+        self._identities[identity.code] = identity
+
     @staticmethod
     def endpoint_path(code: str) -> str:
         return f"/agencies/{code}/messages"

@@ -74,6 +74,12 @@ def _parser() -> argparse.ArgumentParser:
     log_verify.add_argument("--state", type=Path, required=True, metavar="STATE_DIR")
     log_verify.add_argument("--json", action="store_true", help="print the result as JSON")
 
+    run = commands.add_parser("run", help="rehearse a scenario in virtual time")
+    run.add_argument("scenario", type=Path, metavar="SCENARIO.toml")
+    run.add_argument("--seed", type=int, default=None, help="override the scenario's seed")
+    run.add_argument("--out", type=Path, default=Path("out"), help="output directory (out/)")
+    run.add_argument("--quiet", action="store_true", help="no progress bar or tables")
+
     demo = commands.add_parser("demo", help="start a gateway and agency host, exchange, verify")
     demo.add_argument("--agencies", type=int, default=145)
     demo.add_argument("--keep", type=Path, default=None, help="keep the state in this directory")
@@ -178,6 +184,30 @@ def _log_verify(args: argparse.Namespace) -> int:
     return EXIT_OK if result.ok else EXIT_FAILED
 
 
+def _run(args: argparse.Namespace) -> int:
+    import logging
+    import time
+
+    import structlog
+
+    from scenarios.console import print_summary, progress_bar
+    from scenarios.model import ScenarioError, load_scenario, with_overrides
+    from scenarios.runner import run_scenario
+
+    try:
+        scenario = with_overrides(load_scenario(args.scenario), seed=args.seed)
+    except ScenarioError as exc:
+        errors.print(f"pasarela: {exc}", markup=False)
+        return EXIT_USAGE
+    # The gateway's per-refusal events would drown the terminal; they are in the log.
+    structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(logging.WARNING))
+    with progress_bar(console, scenario.start, scenario.end, enabled=not args.quiet) as tick:
+        output = run_scenario(scenario, args.out, wall_clock=time.time, progress=tick)
+    if not args.quiet:
+        print_summary(console, output.results, str(output.results_path))
+    return EXIT_OK if output.held else EXIT_FAILED
+
+
 def _demo(args: argparse.Namespace) -> int:
     from pasarela.demo import run_demo
 
@@ -197,6 +227,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _send(args)
         if args.command == "log":
             return _log_verify(args)
+        if args.command == "run":
+            return _run(args)
         return _demo(args)
     except StateError as exc:
         errors.print(f"pasarela: {exc}")
