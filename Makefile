@@ -1,4 +1,5 @@
-# pasarela: `make demo` runs the main job, `make test` runs the checks and the tests.
+# pasarela: `make demo` runs the main job (the 2015 rehearsal on the embedded SQLite
+# default), `make test` runs the checks and the tests.
 # Both bootstrap .venv with the machine's python3 and pip on first use.
 
 PYTHON ?= python3
@@ -6,7 +7,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 
-.PHONY: demo test lint typecheck unit bench clean
+.PHONY: demo live-demo test lint typecheck unit bench bench-sim clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -15,6 +16,9 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 demo: $(STAMP)
+	$(BIN)/pasarela run scenarios/library/pisee-2015.toml --out out
+
+live-demo: $(STAMP)
 	$(BIN)/pasarela demo
 
 lint: $(STAMP)
@@ -31,6 +35,9 @@ test: lint typecheck unit
 
 bench: $(STAMP)
 	$(BIN)/python bench/relay.py
+
+bench-sim: $(STAMP)
+	$(BIN)/python bench/sim_scale.py
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache .hypothesis out

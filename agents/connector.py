@@ -100,6 +100,7 @@ class Connector:
         randomness: Randomness,
         transport: Transport | None = None,
         directory: Directory | None = None,
+        directory_source: Callable[[], Directory] | None = None,
         retry: RetryPolicy | None = None,
         lifetime: int = 60,
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
@@ -116,6 +117,9 @@ class Connector:
         self._randomness = randomness
         self._directory = directory
         self._refreshable = directory is None  # a given directory is never replaced
+        # Many parties in one process (virtual time) can share one directory kept current
+        # by its owner, instead of each fetching and verifying the whole configuration.
+        self._source = directory_source
         self._retry = retry or RetryPolicy()
         self._lifetime = lifetime
         self._sleep = sleep
@@ -144,6 +148,8 @@ class Connector:
         return self._directory
 
     async def _ensure_directory(self) -> Directory:
+        if self._source is not None:
+            return self._source()
         async with self._conf_lock:
             if self._directory is None:
                 return await self.fetch_conf()
@@ -198,7 +204,8 @@ class Connector:
         except VerificationFailed as exc:
             if exc.code is not ProblemCode.UNKNOWN_KEY or not self._refreshable:
                 raise
-            directory = await self.fetch_conf()  # the receiver may have re-enrolled
+            # The receiver may have re-enrolled since the directory was read.
+            directory = self._source() if self._source else await self.fetch_conf()
             claims, receipt = self._verify_reply(response, directory, to, service, message_id)
         return Reply(
             status=response.status,

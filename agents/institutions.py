@@ -18,7 +18,16 @@ from dataclasses import dataclass, field
 from datetime import date
 from enum import StrEnum
 
-__all__ = ["AtiRequest", "Group", "Profile", "Status", "Workload", "draw_profile", "poisson"]
+__all__ = [
+    "AtiRequest",
+    "Group",
+    "Profile",
+    "Status",
+    "Workload",
+    "draw_profile",
+    "number_of",
+    "poisson",
+]
 
 
 class Group(StrEnum):
@@ -37,7 +46,7 @@ class Status(StrEnum):
 class AtiRequest:
     """One citizen's request, from filing to answer (mutable: it moves through its life)."""
 
-    number: str
+    number: int
     institution: str
     group: Group
     filed: date
@@ -51,6 +60,11 @@ class AtiRequest:
     status: Status = Status.PENDING
     delivered: date | None = None
     answered: date | None = None
+
+    @property
+    def label(self) -> str:
+        """The portal's request number (``NumSolicitud``), e.g. ``AG017-0001234``."""
+        return f"{self.institution}-{self.number:07d}"
 
     @property
     def in_time(self) -> bool:
@@ -96,6 +110,11 @@ def draw_profile(
         outage_per_year=outage_per_year,
         outage_days=outage_days,
     )
+
+
+def number_of(label: str) -> int:
+    """The sequence number inside a request label (the inverse of ``AtiRequest.label``)."""
+    return int(label.rsplit("-", 1)[1])
 
 
 def poisson(rng: random.Random, mean: float) -> int:

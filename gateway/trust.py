@@ -204,6 +204,8 @@ class TrustStore:
         self.generation = generation
         self._keys: dict[str, KeyRecord] = {}
         self._enrolments: dict[str, Enrolment] = {}
+        #: Bumped by every change to keys or the generation: a cheap "has trust changed?".
+        self.revision = 0
 
     # -- lookups (used by the pure pipeline) ------------------------------------------
     def lookup(self, kid: str) -> KeyRecord | None:
@@ -258,6 +260,7 @@ class TrustStore:
             revoked=revoked,
         )
         self._keys[record.kid] = record
+        self.revision += 1
         return record
 
     def revoke(self, kid: str) -> KeyRecord:
@@ -266,11 +269,13 @@ class TrustStore:
             raise TrustError(f"no certificate with kid {kid!r}")
         revoked = replace(record, revoked=True)
         self._keys[kid] = revoked
+        self.revision += 1
         return revoked
 
     def open_generation(self) -> int:
         """Distrust every existing key: they become ``superseded-key``."""
         self.generation += 1
+        self.revision += 1
         return self.generation
 
     def submit(self, csr_pem: str, *, enrolment_id: str, now: float) -> Enrolment:

@@ -71,7 +71,9 @@ def _parser() -> argparse.ArgumentParser:
     log = commands.add_parser("log", help="the message log")
     log_commands = log.add_subparsers(dest="log_command", required=True, metavar="ACTION")
     log_verify = log_commands.add_parser("verify", help="check the hash chain")
-    log_verify.add_argument("--state", type=Path, required=True, metavar="STATE_DIR")
+    source = log_verify.add_mutually_exclusive_group(required=True)
+    source.add_argument("--state", type=Path, metavar="STATE_DIR", help="a gateway's state")
+    source.add_argument("--log", type=Path, metavar="FILE", help="a log file (a run's log.db)")
     log_verify.add_argument("--json", action="store_true", help="print the result as JSON")
 
     run = commands.add_parser("run", help="rehearse a scenario in virtual time")
@@ -157,10 +159,16 @@ def _send(args: argparse.Namespace) -> int:
 
 
 def _log_verify(args: argparse.Namespace) -> int:
-    database = state_path(args.state) / "state.db"
-    if not database.exists():
-        errors.print(f"{database} does not exist; is {args.state} a pasarela state directory?")
-        return EXIT_USAGE
+    if args.log is not None:
+        database = state_path(args.log)
+        if not database.is_file():
+            errors.print(f"{database} does not exist")
+            return EXIT_USAGE
+    else:
+        database = state_path(args.state) / "state.db"
+        if not database.exists():
+            errors.print(f"{database} does not exist; is {args.state} a pasarela state directory?")
+            return EXIT_USAGE
     store = SqliteLogStore(database)
     try:
         result = verify(store.records())

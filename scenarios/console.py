@@ -5,6 +5,7 @@ from __future__ import annotations
 import datetime as dt
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Any
 
 from rich.console import Console
@@ -60,6 +61,15 @@ def print_summary(console: Console, results: dict[str, Any], results_path: str) 
         f"({_number(run['messages_per_second'])}/s), log chain "
         + ("intact" if gateway["log_verified"] else "[red]BROKEN[/red]")
     )
+    if results["expectations"]:
+        checks = Table(title="Expectations")
+        checks.add_column("expectation")
+        checks.add_column("held", justify="center")
+        checks.add_column("detail")
+        for item in results["expectations"]:
+            held = "[green]yes[/green]" if item["held"] else "[red]NO[/red]"
+            checks.add_row(f"{item['key']} {item['kind']}", held, item["detail"])
+        console.print(checks)
     table = Table(title="Calibration against the source report")
     for column, justify in (("figure", "left"), ("report", "right"), ("simulated", "right"),
                             ("unit", "left"), ("within 10%", "center")):  # fmt: skip
@@ -71,13 +81,5 @@ def print_summary(console: Console, results: dict[str, Any], results_path: str) 
             row["figure"], _number(row["report"]), _number(row["simulated"]), row["unit"], mark
         )
     console.print(table)
-    if results["expectations"]:
-        checks = Table(title="Expectations")
-        checks.add_column("expectation")
-        checks.add_column("held", justify="center")
-        checks.add_column("detail")
-        for item in results["expectations"]:
-            held = "[green]yes[/green]" if item["held"] else "[red]NO[/red]"
-            checks.add_row(f"{item['key']} {item['kind']}", held, item["detail"])
-        console.print(checks)
     console.print(f"results: {results_path}")
+    console.print(f"message log: {Path(results_path).with_name('log.db')}")

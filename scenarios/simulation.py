@@ -22,7 +22,16 @@ from dataclasses import dataclass, field
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from agents.connector import Connector
-from agents.institutions import AtiRequest, Group, Profile, Status, Workload, draw_profile, poisson
+from agents.institutions import (
+    AtiRequest,
+    Group,
+    Profile,
+    Status,
+    Workload,
+    draw_profile,
+    number_of,
+    poisson,
+)
 from agents.verification import ConnectorError, Identity, Refused, encode_json
 from gateway.clock import Clock
 from gateway.log import LogStore
@@ -138,7 +147,9 @@ class Simulation:
             code: (self._profile("offline_municipality", code), Workload())
             for code in world.municipality_codes()
         }
-        self.requests: dict[str, AtiRequest] = {}
+        self.requests: list[AtiRequest] = []
+        #: Requests routed over the gateway, by number, until answered (message lookups).
+        self._in_flight: dict[int, AtiRequest] = {}
         self.samples: list[DaySample] = []
         self.timeline: list[dict[str, object]] = []
         self.waves: dict[str, dict[str, object]] = {}
@@ -151,6 +162,8 @@ class Simulation:
         self._numbers = 0
         self._filed_portal = 0
         self._portal_connector: Connector | None = None
+        self._link_order = world.linked_codes()
+        self._linked = 0
 
     # -- set-up ---------------------------------------------------------------------------
     def _profile(self, group: str, code: str) -> Profile:
@@ -218,17 +231,19 @@ class Simulation:
         today = day_of(self.clock.now())
         if central.outage_until is not None and today <= central.outage_until:
             return 503, encode_json({"estado": "06", "detalle": "agency system down"})
-        request = self.requests[json.loads(body)["NumSolicitud"]]
+        request = self._in_flight[number_of(json.loads(body)["NumSolicitud"])]
         self._take(central, request, today)
-        return 200, encode_json({"estado": "00", "NumSolicitud": request.number})
+        return 200, encode_json({"estado": "00", "NumSolicitud": request.label})
 
     async def _on_answer(self, claims: MessageClaims, body: bytes) -> tuple[int, bytes]:
         """AltaSaiOrganismo at the portal: the agency's answer arrives."""
-        request = self.requests[json.loads(body)["NumSolicitud"]]
-        if request.status is Status.PENDING:
+        number = number_of(json.loads(body)["NumSolicitud"])
+        request = self._in_flight.pop(number, None)
+        if request is not None and request.status is Status.PENDING:
             request.status = Status.ANSWERED
             request.answered = day_of(self.clock.now())
-        return 200, encode_json({"estado": "00", "NumSolicitud": request.number})
+        label = request.label if request is not None else str(number)
+        return 200, encode_json({"estado": "00", "NumSolicitud": label})
 
     def _take(self, central: _Central, request: AtiRequest, today: dt.date) -> None:
         request.delivered = today
@@ -254,7 +269,7 @@ class Simulation:
             await asyncio.gather(*processes, return_exceptions=True)
         await self.plumbing.gateway.log.sync()
         return SimulationOutcome(
-            requests=list(self.requests.values()),
+            requests=self.requests,
             samples=self.samples,
             timeline=self.timeline,
             waves=self.waves,
@@ -288,18 +303,15 @@ class Simulation:
             day += dt.timedelta(days=1)
 
     async def _grow(self, day: dt.date) -> None:
-        growth = self.scenario.growth
-        if not self.disconnected:
-            target = growth.count_at("central_linked", day)
-            pending = [
-                c for c in self.scenario.world.linked_codes() if not self.centrals[c].listed
-            ][: max(0, target - self._linked_count())]
-            for code in pending:
-                await self._onboard(code, "linked to the portal through the gateway")
-                self.centrals[code].listed = True
-
-    def _linked_count(self) -> int:
-        return sum(1 for c in self.centrals.values() if c.listed)
+        """Before the incident, link agencies in code order as the growth curve says."""
+        if self.disconnected:
+            return
+        target = self.scenario.growth.count_at("central_linked", day)
+        while self._linked < min(target, len(self._link_order)):
+            code = self._link_order[self._linked]
+            await self._onboard(code, "linked to the portal through the gateway")
+            self.centrals[code].listed = True
+            self._linked += 1
 
     def _on_portal(self, group: Group, day: dt.date) -> int:
         name = "municipalities_on_portal" if group is Group.MUNICIPALITY else "autonomous_on_portal"
@@ -330,7 +342,7 @@ class Simulation:
         self._numbers += 1
         extended = rng.random() < profile.extension_share
         request = AtiRequest(
-            number=f"{code}-{self._numbers:07d}",
+            number=self._numbers,
             institution=code,
             group=group,
             filed=day,
@@ -340,7 +352,9 @@ class Simulation:
             extended=extended,
             through_portal=portal,
         )
-        self.requests[request.number] = request
+        self.requests.append(request)
+        if group is Group.CENTRAL:
+            self._in_flight[request.number] = request
         self.events += 1
         if portal:
             self._filed_portal += 1
@@ -410,14 +424,14 @@ class Simulation:
             request = central.outbox[0]
             body = {
                 "CodOrganismo": central.code,
-                "NumSolicitud": request.number,
+                "NumSolicitud": request.label,
                 "FechaSolicitud": request.filed.isoformat(),
                 "Solicitante": f"citizen-{request.number}",
                 "TextoSolicitud": "Solicito información sobre ...",
             }
             try:
                 await connector.send(to=central.code, service="ati.request", body=body)
-            except (ConnectorError, Refused):
+            except ConnectorError:
                 self.messages_sent += 1
                 return  # try again on the next business day
             self.messages_sent += 1
@@ -449,6 +463,7 @@ class Simulation:
         await asyncio.gather(*sends)
 
     def _answered(self, request: AtiRequest, day: dt.date) -> None:
+        self._in_flight.pop(request.number, None)
         request.status = Status.ANSWERED
         request.answered = day
         self.events += 1
@@ -461,13 +476,13 @@ class Simulation:
             request = central.answers[0]
             body = {
                 "CodOrganismo": central.code,
-                "NumSolicitud": request.number,
+                "NumSolicitud": request.label,
                 "FechaRespuesta": day_of(self.clock.now()).isoformat(),
                 "Respuesta": "Se entrega la información solicitada.",
             }
             try:
                 await connector.send(to=PORTAL, service="ati.answer", body=body)
-            except (ConnectorError, Refused):
+            except ConnectorError:
                 self.messages_sent += 1
                 return
             self.messages_sent += 1

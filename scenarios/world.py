@@ -54,16 +54,14 @@ class Plumbing:
     ca_certificate: x509.Certificate
     connectors: dict[str, Connector]
     _directory: Directory | None = None
-    _directory_version: tuple[int, int] = (-1, -1)
+    _directory_revision: int = -1
 
     def directory(self) -> Directory:
         """Keys as the trust store has them now (rebuilt only when trust changed)."""
-        version = (self.trust.generation, len(self.trust.records()))
-        if self._directory is None or version != self._directory_version:
-            self._directory = directory_from_trust(
-                self.trust, gateway_code=self.gateway.config.code
-            )
-            self._directory_version = version
+        if self._directory is None or self.trust.revision != self._directory_revision:
+            code = self.gateway.config.code
+            self._directory = directory_from_trust(self.trust, gateway_code=code)
+            self._directory_revision = self.trust.revision
         return self._directory
 
     def connect_party(self, identity: Identity) -> Connector:
@@ -78,6 +76,7 @@ class Plumbing:
             randomness=self.randomness,
             retry=RetryPolicy(attempts=2, base_delay=1.0, max_delay=5.0),
             ca_certificate=self.ca_certificate,
+            directory_source=self.directory,
         )
         self.connectors[identity.code] = connector
         return connector

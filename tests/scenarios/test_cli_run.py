@@ -23,6 +23,7 @@ def test_run_writes_results_and_exits_0_when_expectations_hold(
     out = capsys.readouterr().out
     assert "Calibration against the source report" in out
     assert str(tmp_path / "results.json") in out
+    assert main(["log", "verify", "--log", str(tmp_path / "log.db")]) == 0
 
 
 def test_run_exits_1_when_an_expectation_fails(tmp_path: Path) -> None:

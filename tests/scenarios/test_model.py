@@ -142,7 +142,8 @@ def test_default_scenario_loads() -> None:
     assert scenario.world.central_agencies == 145
     assert scenario.world.central_target == 225
     assert scenario.growth.count_at("municipalities_on_portal", dt.date(2015, 7, 31)) == 283
-    assert [(w.name, len(w.agencies)) for w in scenario.plan.waves][0] == ("pilot", 17)
+    pilot = scenario.plan.waves[0]
+    assert (pilot.name, len(pilot.agencies)) == ("pilot", 17)
     assert scenario.plan.waves[0].start.month == 5
 
 
