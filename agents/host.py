@@ -42,7 +42,7 @@ from gateway.protocol import (
     ProblemCode,
     problem_document,
 )
-from gateway.transport import WireRequest, WireResponse
+from gateway.transport import WireRequest, WireResponse, header_value
 
 __all__ = ["AgencyHost", "ServiceHandler", "load_identities", "ping"]
 
@@ -62,14 +62,6 @@ def _problem(code: ProblemCode, detail: str, *, jti: str | None = None) -> WireR
         headers={"Content-Type": PROBLEM_CONTENT_TYPE},
         body=encode_json(problem_document(code, detail, jti=jti)),
     )
-
-
-def _header(headers: Mapping[str, str], name: str) -> str | None:
-    lowered = name.lower()
-    for key, value in headers.items():
-        if key.lower() == lowered:
-            return value
-    return None
 
 
 @dataclass(slots=True, kw_only=True)
@@ -138,8 +130,8 @@ class AgencyHost:
         self._forget_before(now)
         try:
             claims, _ = verify_inbound(
-                signature=_header(request.headers, HEADER_SIGNATURE),
-                receipt=_header(request.headers, HEADER_RECEIPT),
+                signature=header_value(request.headers, HEADER_SIGNATURE),
+                receipt=header_value(request.headers, HEADER_RECEIPT),
                 body=request.body,
                 receiver=identity.code,
                 directory=self._current_directory(),

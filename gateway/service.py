@@ -34,10 +34,16 @@ from gateway.protocol import (
     sign_token,
 )
 from gateway.registry import Registry
-from gateway.transport import Transport, TransportError, WireRequest, WireResponse
+from gateway.transport import (
+    Transport,
+    TransportError,
+    WireRequest,
+    WireResponse,
+    header_value,
+)
 from gateway.trust import KeyRecord, TrustStore
 
-__all__ = ["Gateway", "GatewayConfig", "header", "problem_response"]
+__all__ = ["Gateway", "GatewayConfig", "problem_response"]
 
 _log = structlog.get_logger("pasarela.gateway")
 
@@ -47,15 +53,6 @@ class GatewayConfig:
     code: str = "PASARELA"
     limits: Limits = field(default_factory=Limits)
     forward_timeout: float = 10.0
-
-
-def header(headers: Mapping[str, str], name: str) -> str | None:
-    """Case-insensitive lookup in a plain mapping of headers."""
-    value = headers.get(name)
-    if value is not None:
-        return value
-    lowered = name.lower()
-    return next((v for k, v in headers.items() if k.lower() == lowered), None)
 
 
 def problem_response(
@@ -70,15 +67,9 @@ def problem_response(
 
 
 def _claims_fields(claims: MessageClaims) -> dict[str, JSONValue]:
-    fields: dict[str, JSONValue] = {
-        "iss": claims.iss,
-        "aud": claims.aud,
-        "svc": claims.svc,
-        "jti": claims.jti,
-        "bh": claims.bh,
-    }
-    if claims.corr is not None:
-        fields["corr"] = claims.corr
+    """The claims a log record keeps: all but the times (the record has its own)."""
+    fields: dict[str, JSONValue] = claims.as_dict()
+    del fields["iat"], fields["exp"]
     return fields
 
 
@@ -146,7 +137,7 @@ class Gateway:
         """Handle ``POST /v1/messages``: decide, log, forward, verify the answer, relay it."""
         started = self.clock.now()
         self._prune(started)
-        signature = header(request.headers, HEADER_SIGNATURE)
+        signature = header_value(request.headers, HEADER_SIGNATURE)
         decision = decide(signature, request.body, self.context())
         if decision.bucket is not None and decision.claims is not None:
             self._buckets[decision.claims.iss] = decision.bucket
@@ -155,7 +146,7 @@ class Gateway:
         if decision.verdict is Verdict.REJECT:
             response = await self.refuse(decision, kind="rejection")
         else:
-            content_type = header(request.headers, "Content-Type") or "application/json"
+            content_type = header_value(request.headers, "Content-Type") or "application/json"
             response = await self._deliver(
                 decision, signature or "", request.body, content_type=content_type
             )

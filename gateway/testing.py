@@ -31,8 +31,8 @@ from gateway.protocol import (
     sign_token,
 )
 from gateway.registry import Agency, AgencyKind, ConnectionState, Grant, Registry
-from gateway.service import Gateway, GatewayConfig, header
-from gateway.transport import MemoryTransport, WireRequest, WireResponse
+from gateway.service import Gateway, GatewayConfig
+from gateway.transport import MemoryTransport, WireRequest, WireResponse, header_value
 from gateway.trust import CertificateAuthority, KeyRecord, TrustStore, generate_key
 
 __all__ = [
@@ -239,7 +239,7 @@ def make_gateway(
         """Each agency answers with the request body, signed as the protocol requires."""
         world.handled.append(request)
         code = request.url.rsplit("/", 2)[-2]
-        token = header(request.headers, HEADER_SIGNATURE) or ""
+        token = header_value(request.headers, HEADER_SIGNATURE) or ""
         claims = json.loads(_segment(token))
         answer = sign_message(
             parties[code],

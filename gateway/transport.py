@@ -25,6 +25,7 @@ __all__ = [
     "TransportError",
     "WireRequest",
     "WireResponse",
+    "header_value",
 ]
 
 
@@ -48,14 +49,19 @@ class WireResponse:
 
     def header(self, name: str) -> str | None:
         """Case-insensitive header lookup."""
-        lowered = name.lower()
-        for key, value in self.headers.items():
-            if key.lower() == lowered:
-                return value
-        return None
+        return header_value(self.headers, name)
 
 
 Handler = Callable[[WireRequest], Awaitable[WireResponse]]
+
+
+def header_value(headers: Mapping[str, str], name: str) -> str | None:
+    """Case-insensitive lookup in a plain mapping of headers (exact spelling tried first)."""
+    value = headers.get(name)
+    if value is not None:
+        return value
+    lowered = name.lower()
+    return next((v for k, v in headers.items() if k.lower() == lowered), None)
 
 
 class TransportError(Exception):
