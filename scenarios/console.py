@@ -55,7 +55,8 @@ def print_summary(console: Console, results: dict[str, Any], results_path: str) 
     gateway = results["gateway"]
     console.print(
         f"[bold]{scenario['name']}[/bold] (seed {scenario['seed']}, plan {scenario['plan']!r}): "
-        f"{sim['days']} simulated days in {run['wall_seconds']:.1f} s wall time, "
+        f"{sim['days']} simulated days ({scenario['start']} to {scenario['end']}) "
+        f"in {run['wall_seconds']:.1f} s wall time, "
         f"{_number(sim['events'])} events ({_number(run['events_per_second'])}/s), "
         f"{_number(gateway['log_records'])} log records "
         f"({_number(run['messages_per_second'])}/s), log chain "
