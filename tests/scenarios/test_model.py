@@ -744,3 +744,11 @@ def test_docs_describe_every_key(section: str) -> None:
     start = text.index(DOC_SECTIONS[section])
     body = text[start : text.find("\n## ", start + 1)]
     assert [key for key in KEYS[section] if f"`{key}`" not in body] == []
+
+
+@pytest.mark.parametrize(
+    "path", sorted((Path(__file__).resolve().parents[2] / "scenarios" / "library").glob("*.toml"))
+)
+def test_every_library_scenario_loads(path: Path) -> None:
+    """Each scenario shipped in scenarios/library/ is valid."""
+    assert load_scenario(path).name
