@@ -204,12 +204,13 @@ class Simulation:
         self.events += 1
         return self.plumbing.connect_party(identity)
 
-    async def _checks_pass(self, code: str, connector: Connector, rng: random.Random) -> bool:
-        """The agency's checks: the signed configuration lists its new key; no misconfiguration."""
-        directory = await connector.fetch_conf()
-        listed = directory.agency_key(connector.identity.kid) is not None
+    def _checks_pass(self, connector: Connector, rng: random.Random) -> bool:
+        """The agency's checks: the platform's directory lists its new key under its code,
+        and it is not misconfigured (``plan.check_failure`` is the chance that it is)."""
+        listed = self.plumbing.directory().agency_key(connector.identity.kid)
         self.events += 1
-        return listed and rng.random() >= self.scenario.plan.check_failure
+        owned = listed is not None and listed[0] == connector.identity.code
+        return owned and rng.random() >= self.scenario.plan.check_failure
 
     async def _connect(self, code: str, reason: str) -> None:
         admin = self.plumbing.admin
@@ -601,7 +602,7 @@ class Simulation:
         connector = await self._approve(code, enrolment_id, key, f"wave {wave}")
         while True:
             day = await self._business_day_at(day, rng.randint(*plan.verify_delay_days), 11)
-            if await self._checks_pass(code, connector, rng):
+            if self._checks_pass(connector, rng):
                 break
             self.check_failures += 1
         await self._connect(code, f"wave {wave}: checks passed")
