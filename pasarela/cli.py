@@ -81,6 +81,28 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--seed", type=int, default=None, help="override the scenario's seed")
     run.add_argument("--out", type=Path, default=Path("out"), help="output directory (out/)")
     run.add_argument("--quiet", action="store_true", help="no progress bar or tables")
+    run.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="set a key (TOML value) without editing the file, e.g. plan.waves[0].agencies=25",
+    )
+
+    compare = commands.add_parser("compare", help="run several plans and compare them")
+    compare.add_argument("scenarios", type=Path, nargs="+", metavar="SCENARIO.toml")
+    compare.add_argument("--seed", type=int, default=None, help="the same seed for every plan")
+    compare.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="set a key (TOML value) in every scenario, e.g. plan.check_failure=0.3",
+    )
+    compare.add_argument("--out", type=Path, default=Path("out/compare"), help="out/compare/")
+    compare.add_argument("--jobs", type=int, default=None, help="plans run at once (cores)")
 
     demo = commands.add_parser("demo", help="start a gateway and agency host, exchange, verify")
     demo.add_argument("--agencies", type=int, default=145)
@@ -203,7 +225,8 @@ def _run(args: argparse.Namespace) -> int:
     from scenarios.runner import run_scenario
 
     try:
-        scenario = with_overrides(load_scenario(args.scenario), seed=args.seed)
+        overrides = _overrides(args.overrides)
+        scenario = with_overrides(load_scenario(args.scenario, overrides=overrides), seed=args.seed)
     except ScenarioError as exc:
         errors.print(f"pasarela: {exc}", markup=False)
         return EXIT_USAGE
@@ -214,6 +237,42 @@ def _run(args: argparse.Namespace) -> int:
     if not args.quiet:
         print_summary(console, output.results, str(output.results_path))
     return EXIT_OK if output.held else EXIT_FAILED
+
+
+def _overrides(pairs: list[str]) -> dict[str, str]:
+    from scenarios.model import ScenarioError
+
+    out: dict[str, str] = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key.strip():
+            raise ScenarioError(Path("--set"), pair, None, "expected KEY=VALUE")
+        out[key.strip()] = value.strip()
+    return out
+
+
+def _compare(args: argparse.Namespace) -> int:
+    import logging
+
+    import structlog
+
+    from scenarios.compare import compare_plans, print_comparison
+    from scenarios.model import ScenarioError
+
+    structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(logging.WARNING))
+    try:
+        runs = compare_plans(
+            args.scenarios,
+            args.out,
+            overrides=_overrides(args.overrides),
+            seed=args.seed,
+            jobs=args.jobs,
+        )
+    except ScenarioError as exc:
+        errors.print(f"pasarela: {exc}", markup=False)
+        return EXIT_USAGE
+    print_comparison(console, runs, args.out)
+    return EXIT_OK if all(run.results["held"] for run in runs) else EXIT_FAILED
 
 
 def _demo(args: argparse.Namespace) -> int:
@@ -237,6 +296,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _log_verify(args)
         if args.command == "run":
             return _run(args)
+        if args.command == "compare":
+            return _compare(args)
         return _demo(args)
     except StateError as exc:
         errors.print(f"pasarela: {exc}")

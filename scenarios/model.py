@@ -15,7 +15,7 @@ import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Final
+from typing import Any, Final
 
 from scenarios.toml_source import (
     DateRange,
@@ -24,6 +24,8 @@ from scenarios.toml_source import (
     TableReader,
     describe,
     read_source,
+    render_key,
+    split_key,
     syntax_error,
 )
 
@@ -215,21 +217,73 @@ class Scenario:
     expectations: tuple[Expectation, ...]
 
 
-def load_scenario(path: Path | str) -> Scenario:
+def load_scenario(path: Path | str, *, overrides: Mapping[str, str] | None = None) -> Scenario:
     """Read and validate a scenario file; any problem is a :class:`ScenarioError`."""
     path = Path(path)
     text = read_source(path)
-    return parse_scenario(text, path=path)
+    return parse_scenario(text, path=path, overrides=overrides)
 
 
-def parse_scenario(text: str, *, path: Path) -> Scenario:
-    """Validate scenario source ``text``; ``path`` is named in errors and kept in the result."""
+def parse_scenario(
+    text: str, *, path: Path, overrides: Mapping[str, str] | None = None
+) -> Scenario:
+    """Validate scenario source ``text``; ``path`` is named in errors and kept in the result.
+
+    ``overrides`` maps key paths (``plan.check_failure``, ``plan.waves[0].agencies``) to
+    TOML values (``0.2``, ``25``, ``2015-05-04``, ``["AG001"]``), set before validation:
+    what-if runs without editing the file, checked like the file itself.
+    """
     index = SourceIndex(text)
     try:
         data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
         raise syntax_error(exc, text=text, path=path, index=index) from exc
+    for key, value in (overrides or {}).items():
+        _override(data, key, value, path=path, index=index)
     return _scenario(TableReader(data, path=path, index=index), path)
+
+
+def _override(
+    data: dict[str, Any], key: str, value: str, *, path: Path, index: SourceIndex
+) -> None:
+    """Set ``key`` (a dotted path with indices) to the TOML ``value`` inside ``data``."""
+
+    def fail(message: str) -> ScenarioError:
+        return ScenarioError(path, key, None, f"--set: {message}")
+
+    try:
+        parts = split_key(key)
+    except ValueError as exc:
+        raise fail(f"not a key path: {exc}") from exc
+    try:
+        parsed = tomllib.loads(f"value = {value}")["value"]
+    except tomllib.TOMLDecodeError as exc:
+        raise fail(f"{value!r} is not a TOML value ({exc})") from exc
+    if not parts:
+        raise fail("empty key path")
+    node: Any = data
+    for part, following in zip(parts, (*parts[1:], None), strict=True):
+        if following is None:
+            break
+        child = node[part] if _present(node, part) else None
+        if child is None:
+            if isinstance(part, int):
+                raise fail(f"no element [{part}] to set inside")
+            child = [] if isinstance(following, int) else {}
+            node[part] = child
+        node = child
+    last = parts[-1]
+    if isinstance(last, int) and not (isinstance(node, list) and 0 <= last < len(node)):
+        raise fail(f"no element [{last}] to replace")
+    if not isinstance(last, int) and not isinstance(node, dict):
+        raise fail(f"{render_key(parts[:-1])} is not a table")
+    node[last] = parsed
+
+
+def _present(node: Any, part: str | int) -> bool:
+    if isinstance(part, int):
+        return isinstance(node, list) and 0 <= part < len(node)
+    return isinstance(node, dict) and part in node
 
 
 def with_overrides(scenario: Scenario, *, seed: int | None = None) -> Scenario:

@@ -283,6 +283,24 @@ def _monthly(samples: list[DaySample]) -> list[dict[str, Any]]:
     return out
 
 
+def _plan_figures(scenario: Scenario, outcome: SimulationOutcome) -> dict[str, Any]:
+    """How far the plan got: agencies back, when the last one came back."""
+    named = {code for wave in scenario.plan.waves for code in wave.agencies}
+    named.update(scenario.plan.fallback)
+    back = {code: day for code, day in outcome.back.items() if code in named}
+    complete = bool(named) and len(back) == len(named)
+    last = max(back.values()) if complete else None
+    start = scenario.incident.disconnect.date() if scenario.incident else scenario.start
+    return {
+        "agencies": len(named),
+        "back": len(back),
+        "full_reconnection": last.isoformat() if last else None,
+        "days_to_full_reconnection": (last - start).days if last else None,
+        "fallback_answers": outcome.fallback_answers,
+        "check_failures": outcome.check_failures,
+    }
+
+
 def build_results(
     scenario: Scenario,
     outcome: SimulationOutcome,
@@ -345,6 +363,7 @@ def build_results(
             "groups": groups,
             "backlog_peak": max((s.backlog for s in outcome.samples), default=0),
         },
+        "plan": _plan_figures(scenario, outcome),
         "timeline": outcome.timeline,
         "calibration": [row.as_dict() for row in calibration],
         "expectations": [c.as_dict() for c in checks],

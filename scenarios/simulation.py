@@ -83,6 +83,8 @@ class SimulationOutcome:
     linked_at_incident: int
     stale_attempts: Counter[str]
     check_failures: int
+    back: dict[str, dt.date]
+    fallback_answers: int
     messages_sent: int
     events: int
 
@@ -155,6 +157,9 @@ class Simulation:
         self.waves: dict[str, dict[str, object]] = {}
         self.stale_attempts: Counter[str] = Counter()
         self.check_failures = 0
+        #: When each agency named by the plan was back (connected, or on direct fallback).
+        self.back: dict[str, dt.date] = {}
+        self.fallback_answers = 0
         self.messages_sent = 0
         self.events = 0
         self.linked_at_incident = 0
@@ -277,6 +282,8 @@ class Simulation:
             linked_at_incident=self.linked_at_incident,
             stale_attempts=self.stale_attempts,
             check_failures=self.check_failures,
+            back=self.back,
+            fallback_answers=self.fallback_answers,
             messages_sent=self.messages_sent,
             events=self.events,
         )
@@ -453,6 +460,7 @@ class Simulation:
             if state is ConnectionState.DIRECT:
                 while central.answers:
                     self._answered(central.answers.popleft(), day)
+                    self.fallback_answers += 1
             elif state is ConnectionState.CONNECTED and not down:
                 sends.append(self._send_answers(central))
         for _, profile, work in self.local.values():
@@ -570,6 +578,7 @@ class Simulation:
                     code, StateEvent.FALLBACK, actor=OPERATOR, reason="direct access to the portal"
                 )
                 self.centrals[code].listed = True
+                self.back.setdefault(code, plan.fallback_start)
                 moved += 1
         self.events += moved
         self._record(plan.fallback_start, "fallback", agencies=moved)
@@ -607,4 +616,5 @@ class Simulation:
             self.check_failures += 1
         await self._connect(code, f"wave {wave}: checks passed")
         central.listed = True
+        self.back[code] = day
         return day

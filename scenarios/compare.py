@@ -1,0 +1,162 @@
+"""``pasarela compare``: several plans run side by side, one table of what each costs.
+
+Each scenario runs in its own process (as many at once as there are cores) and writes its
+own ``results.json`` and ``log.db`` under ``OUT/<name>/``; the comparison itself goes to
+``OUT/compare.json`` and the terminal.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from collections.abc import Mapping, Sequence
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import structlog
+from rich.console import Console
+from rich.table import Table
+
+from scenarios.model import load_scenario, with_overrides
+from scenarios.runner import run_scenario, write_results
+
+__all__ = ["COMPARE_SCHEMA", "PlanRun", "compare_plans", "print_comparison", "summarise"]
+
+COMPARE_SCHEMA = "pasarela.compare/1"
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class PlanRun:
+    label: str
+    path: Path
+    results: dict[str, Any]
+
+
+def _run_one(path: str, overrides: dict[str, str], seed: int | None, out: str) -> dict[str, Any]:
+    """One plan in a worker process (module-level so it can be pickled)."""
+    structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(logging.WARNING))
+    scenario = with_overrides(load_scenario(path, overrides=overrides), seed=seed)
+    return run_scenario(scenario, Path(out), wall_clock=time.time).results
+
+
+def _labels(paths: Sequence[Path]) -> list[str]:
+    labels: list[str] = []
+    for path in paths:
+        label, n = path.stem, 2
+        while label in labels:
+            label, n = f"{path.stem}-{n}", n + 1
+        labels.append(label)
+    return labels
+
+
+def compare_plans(
+    paths: Sequence[Path],
+    out_dir: Path,
+    *,
+    overrides: Mapping[str, str] | None = None,
+    seed: int | None = None,
+    jobs: int | None = None,
+) -> list[PlanRun]:
+    """Run every scenario (validated up front, so a typo fails before any run starts)."""
+    for path in paths:
+        load_scenario(path, overrides=overrides)
+    labels = _labels(paths)
+    workers = max(1, min(len(paths), jobs or os.cpu_count() or 1))
+    out_dir.mkdir(parents=True, exist_ok=True)
+    with ProcessPoolExecutor(max_workers=workers) as pool:
+        futures = [
+            pool.submit(_run_one, str(path), dict(overrides or {}), seed, str(out_dir / label))
+            for path, label in zip(paths, labels, strict=True)
+        ]
+        runs = [
+            PlanRun(label=label, path=path, results=future.result())
+            for path, label, future in zip(paths, labels, futures, strict=True)
+        ]
+    summary = {
+        "schema": COMPARE_SCHEMA,
+        "overrides": dict(overrides or {}),
+        "plans": {run.label: summarise(run.results) for run in runs},
+    }
+    write_results(summary, out_dir / "compare.json")
+    return runs
+
+
+def summarise(results: dict[str, Any]) -> dict[str, Any]:
+    """The figures a plan is judged by, from its results."""
+    everything = results["ati"]["groups"]["all"]
+    never = everything["due_by_end"] - everything["answered_in_time"] - everything["answered_late"]
+    plan = results["plan"]
+    return {
+        "plan": results["scenario"]["plan"],
+        "seed": results["scenario"]["seed"],
+        "agencies_back": f"{plan['back']}/{plan['agencies']}",
+        "full_reconnection": plan["full_reconnection"],
+        "days_to_full_reconnection": plan["days_to_full_reconnection"],
+        "on_portal_by_date": {
+            day: v["central_connected"] + v["central_direct"]
+            for day, v in results["agencies"]["report_dates"].items()
+        },
+        "ati_answered_late": everything["answered_late"],
+        "ati_never_answered": never,
+        "ati_in_time_rate": everything["in_time_rate"],
+        "backlog_peak": results["ati"]["backlog_peak"],
+        "fallback_answers": plan["fallback_answers"],
+        "check_failures": plan["check_failures"],
+        "exposure_superseded_accepted": results["gateway"]["superseded_key_accepted"],
+        "expectations_held": sum(1 for e in results["expectations"] if e["held"]),
+        "expectations": len(results["expectations"]),
+        "wall_seconds": results["run"]["wall_seconds"],
+    }
+
+
+def print_comparison(console: Console, runs: Sequence[PlanRun], out_dir: Path) -> None:
+    summaries = [(run.label, summarise(run.results)) for run in runs]
+    table = Table(title="Plans side by side")
+    table.add_column("")
+    for label, _ in summaries:
+        table.add_column(label, justify="right")
+
+    def row(name: str, values: list[Any]) -> None:
+        table.add_row(name, *("-" if v is None else str(v) for v in values))
+
+    cells = [s for _, s in summaries]
+    row("plan", [s["plan"] for s in cells])
+    row("agencies back (named by the plan)", [s["agencies_back"] for s in cells])
+    row(
+        "full reconnection (days after the disconnection)",
+        [
+            None
+            if s["full_reconnection"] is None
+            else f"{s['full_reconnection']} ({s['days_to_full_reconnection']})"
+            for s in cells
+        ],
+    )
+    days = sorted({d for s in cells for d in s["on_portal_by_date"]})
+    for day in days:
+        row(
+            f"central agencies on the portal {day}",
+            [s["on_portal_by_date"].get(day) for s in cells],
+        )
+    row("ATI answers late", [f"{s['ati_answered_late']:,}" for s in cells])
+    row("ATI answers never given (due by the end)", [f"{s['ati_never_answered']:,}" for s in cells])
+    row("answered in time", [_percent(s["ati_in_time_rate"]) for s in cells])
+    row("peak backlog (requests)", [f"{s['backlog_peak']:,}" for s in cells])
+    row("fallback load (answers via direct access)", [f"{s['fallback_answers']:,}" for s in cells])
+    row("check failures", [s["check_failures"] for s in cells])
+    row(
+        "exposure: messages accepted under distrusted keys",
+        [s["exposure_superseded_accepted"] for s in cells],
+    )
+    row("expectations held", [f"{s['expectations_held']}/{s['expectations']}" for s in cells])
+    row("wall time (s)", [s["wall_seconds"] for s in cells])
+    console.print(table)
+    console.print(
+        f"comparison: {out_dir / 'compare.json'}; each plan's results in {out_dir}/<plan>/"
+    )
+
+
+def _percent(value: float | None) -> str | None:
+    return None if value is None else f"{value:.1%}"
