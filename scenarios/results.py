@@ -264,6 +264,27 @@ def _check(
     return ExpectationResult(kind=kind, key=expectation.key, held=False, detail="unknown kind")
 
 
+def _daily(samples: list[DaySample], requests: list[AtiRequest]) -> dict[str, list[Any]]:
+    """Day-by-day series for charts: one list per measure, aligned with ``dates``."""
+    breaches: Counter[dt.date] = Counter()
+    for request in requests:
+        if request.through_portal and not request.in_time:
+            breaches[request.deadline] += 1
+    running, cumulative = 0, []
+    for sample in samples:
+        running += breaches.get(sample.day, 0)
+        cumulative.append(running)
+    return {
+        "dates": [s.day.isoformat() for s in samples],
+        "central_connected": [s.central_connected for s in samples],
+        "central_direct": [s.central_direct for s in samples],
+        "municipalities_on_portal": [s.municipalities_on_portal for s in samples],
+        "backlog": [s.backlog for s in samples],
+        "filed_through_portal": [s.filed_through_portal for s in samples],
+        "deadline_breaches_cumulative": cumulative,
+    }
+
+
 def _monthly(samples: list[DaySample]) -> list[dict[str, Any]]:
     out = []
     for i, sample in enumerate(samples):
@@ -298,6 +319,7 @@ def _plan_figures(scenario: Scenario, outcome: SimulationOutcome) -> dict[str, A
         "days_to_full_reconnection": (last - start).days if last else None,
         "fallback_answers": outcome.fallback_answers,
         "check_failures": outcome.check_failures,
+        "agencies_back": {code: back[code].isoformat() for code in sorted(back)},
     }
 
 
@@ -359,6 +381,7 @@ def build_results(
             "report_dates": report_days,
             "monthly": _monthly(outcome.samples),
         },
+        "daily": _daily(outcome.samples, outcome.requests),
         "ati": {
             "groups": groups,
             "backlog_peak": max((s.backlog for s in outcome.samples), default=0),
