@@ -84,8 +84,8 @@ KEYS: Final[Mapping[str, tuple[str, ...]]] = {
     "behaviour.*": ("answer_days_median", "answer_days_sigma", "never_answer",
                     "capacity_per_day", "extension_share", "outage_per_year", "outage_days"),
     "incident": ("detected", "disconnect", "new_generation", "stale_senders"),
-    "plan": ("name", "approval_delay_days", "verify_delay_days", "check_failure", "fallback",
-             "fallback_start", "fallback_capacity", "waves"),
+    "plan": ("name", "approval_delay_days", "verify_delay_days", "check_failure",
+             "onboarding_capacity", "fallback", "fallback_start", "fallback_capacity", "waves"),
     "plan.waves": ("name", "start", "agencies"),
     "expect": ("kind", "date", "at_least", "at_most", "scope"),
 }  # fmt: skip
@@ -182,6 +182,8 @@ class Plan:
     approval_delay_days: tuple[int, int]
     verify_delay_days: tuple[int, int]
     check_failure: float
+    #: Agencies per week the support team can take through approval; 0 means no limit.
+    onboarding_capacity: int = 0
     fallback: tuple[str, ...] = ()
     fallback_start: dt.date | None = None
     fallback_capacity: float = 1.0
@@ -435,6 +437,7 @@ def _plan(r: TableReader, world: World, span: DateRange, incident: Incident | No
     name = r.text("name", nonempty=True)
     delays = r.pair("approval_delay_days"), r.pair("verify_delay_days")
     check_failure = r.probability("check_failure")
+    capacity = r.integer("onboarding_capacity", minimum=1, default=0)
     fallback = _agencies(r, "fallback", world, {}, pool=world.linked_codes(), pool_what="linked")
     for needed in ("fallback_start", "fallback_capacity"):
         if fallback and not r.has(needed):
@@ -461,6 +464,7 @@ def _plan(r: TableReader, world: World, span: DateRange, incident: Incident | No
         approval_delay_days=delays[0],
         verify_delay_days=delays[1],
         check_failure=check_failure,
+        onboarding_capacity=capacity,
         fallback=fallback,
         fallback_start=fallback_start,
         fallback_capacity=fallback_capacity,

@@ -168,6 +168,7 @@ class Simulation:
         self._filed_portal = 0
         self._portal_connector: Connector | None = None
         self._link_order = world.linked_codes()
+        self._approvals: Counter[tuple[int, int]] = Counter()  # (ISO year, week) -> used
         self._linked = 0
 
     # -- set-up ---------------------------------------------------------------------------
@@ -598,6 +599,16 @@ class Simulation:
         await sleep_until(self.clock, epoch(day, hour))
         return day
 
+    def _onboarding_slot(self, earliest: dt.date) -> dt.date:
+        """The first business day from ``earliest`` in a week with onboarding capacity left."""
+        capacity = self.scenario.plan.onboarding_capacity
+        day = earliest
+        if capacity:
+            while self._approvals[day.isocalendar()[:2]] >= capacity:
+                day = self.calendar.next_business_day(day)
+            self._approvals[day.isocalendar()[:2]] += 1
+        return day
+
     async def _reconnect(self, code: str, wave: str) -> dt.date | None:
         """One agency through enrolment, approval, checks (retried on failure), connection."""
         plan = self.scenario.plan
@@ -607,7 +618,10 @@ class Simulation:
             return None
         today = day_of(self.clock.now())
         enrolment_id, key = await self._enrol(code)
-        day = await self._business_day_at(today, rng.randint(*plan.approval_delay_days), 10)
+        day = self._onboarding_slot(
+            self.calendar.add_business_days(today, rng.randint(*plan.approval_delay_days))
+        )
+        await sleep_until(self.clock, epoch(day, 10))
         connector = await self._approve(code, enrolment_id, key, f"wave {wave}")
         while True:
             day = await self._business_day_at(day, rng.randint(*plan.verify_delay_days), 11)

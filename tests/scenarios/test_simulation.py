@@ -134,3 +134,34 @@ def test_deadline_accounting_by_group(first: RunOutput) -> None:
     for name, group in first.results["ati"]["groups"].items():
         assert group["filed"] >= group["answered"], name
         assert group["deadline_breaches"] + group["answered_in_time"] == group["due_by_end"]
+
+
+@pytest.mark.parametrize("seed", [1, 2, 3])
+def test_more_onboarding_capacity_never_delays_full_reconnection(
+    small: Scenario, tmp_path: Path, seed: int
+) -> None:
+    """Raising plan.onboarding_capacity never makes full reconnection later."""
+    days = []
+    for capacity in (1, 3, 0):  # 0: no limit
+        plan = dataclasses.replace(small.plan, onboarding_capacity=capacity)
+        scenario = dataclasses.replace(small, plan=plan, seed=seed)
+        out = _run(scenario, tmp_path / f"c{capacity}")
+        day = out.results["plan"]["days_to_full_reconnection"]
+        days.append(10_000 if day is None else day)
+    assert days == sorted(days, reverse=True)
+    assert days[0] > days[-1]
+
+
+@pytest.mark.parametrize("seed", [1, 2])
+def test_without_fallback_more_central_requests_go_unanswered(
+    small: Scenario, tmp_path: Path, seed: int
+) -> None:
+    """Dropping the direct-access fallback leaves more central ATI requests never answered."""
+
+    def never(fallback: tuple[str, ...]) -> int:
+        plan = dataclasses.replace(small.plan, fallback=fallback)
+        out = _run(dataclasses.replace(small, plan=plan, seed=seed), tmp_path / str(len(fallback)))
+        central = out.results["ati"]["groups"]["central"]
+        return int(central["due_by_end"] - central["answered_in_time"] - central["answered_late"])
+
+    assert never(()) > never(small.plan.fallback)
