@@ -7,7 +7,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 
-.PHONY: demo live-demo test lint typecheck unit bench bench-sim clean
+.PHONY: demo live-demo test lint typecheck unit browser bench bench-sim clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -16,7 +16,7 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 demo: $(STAMP)
-	$(BIN)/pasarela run scenarios/library/pisee-2015.toml --out out
+	$(BIN)/pasarela run scenarios/library/pisee-2015.toml --out out --report out/report.html
 
 live-demo: $(STAMP)
 	$(BIN)/pasarela demo
@@ -28,7 +28,11 @@ lint: $(STAMP)
 typecheck: $(STAMP)
 	$(BIN)/mypy
 
-unit: $(STAMP)
+# The HTML report's browser test drives Debian's chromium (CI runs as root on Debian).
+browser:
+	command -v chromium >/dev/null 2>&1 || (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium)
+
+unit: $(STAMP) browser
 	$(BIN)/pytest
 
 test: lint typecheck unit

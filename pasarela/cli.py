@@ -103,11 +103,23 @@ def _parser() -> argparse.ArgumentParser:
     )
     compare.add_argument("--out", type=Path, default=Path("out/compare"), help="out/compare/")
     compare.add_argument("--jobs", type=int, default=None, help="plans run at once (cores)")
+    _add_report_option(run, compare)
 
     demo = commands.add_parser("demo", help="start a gateway and agency host, exchange, verify")
     demo.add_argument("--agencies", type=int, default=145)
     demo.add_argument("--keep", type=Path, default=None, help="keep the state in this directory")
     return parser
+
+
+def _add_report_option(*commands: argparse.ArgumentParser) -> None:
+    for command in commands:
+        command.add_argument(
+            "--report",
+            type=Path,
+            default=None,
+            metavar="PATH",
+            help="also write a self-contained HTML report (charts and tables) to PATH",
+        )
 
 
 def _init(args: argparse.Namespace) -> int:
@@ -236,6 +248,12 @@ def _run(args: argparse.Namespace) -> int:
         output = run_scenario(scenario, args.out, wall_clock=time.time, progress=tick)
     if not args.quiet:
         print_summary(console, output.results, str(output.results_path))
+    if args.report is not None:
+        from scenarios.report_html import write_report
+
+        write_report([(args.scenario.stem, output.results)], args.report)
+        if not args.quiet:
+            console.print(f"report: {args.report}")
     return EXIT_OK if output.held else EXIT_FAILED
 
 
@@ -272,6 +290,11 @@ def _compare(args: argparse.Namespace) -> int:
         errors.print(f"pasarela: {exc}", markup=False)
         return EXIT_USAGE
     print_comparison(console, runs, args.out)
+    if args.report is not None:
+        from scenarios.report_html import write_report
+
+        write_report([(run.label, run.results) for run in runs], args.report)
+        console.print(f"report: {args.report}")
     return EXIT_OK if all(run.results["held"] for run in runs) else EXIT_FAILED
 
 
