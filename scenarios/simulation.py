@@ -39,7 +39,7 @@ from gateway.protocol import MessageClaims
 from gateway.registry import ConnectionState, StateEvent
 from gateway.trust import generate_key
 from scenarios.calendar import BusinessCalendar, ati_deadline
-from scenarios.model import Scenario
+from scenarios.model import CALENDAR_END, Scenario
 from scenarios.virtual import LoopClock, sleep_until
 from scenarios.world import PORTAL, Plumbing, build_plumbing
 
@@ -255,8 +255,7 @@ class Simulation:
     def _take(self, central: _Central, request: AtiRequest, today: dt.date) -> None:
         request.delivered = today
         if request.will_answer:
-            ready = self.calendar.add_business_days(today, request.work_days)
-            central.work.add(request, ready)
+            self._schedule(central.work, request, today)
 
     # -- the day loop -------------------------------------------------------------------------
     async def run(self) -> SimulationOutcome:
@@ -355,7 +354,7 @@ class Simulation:
             institution=code,
             group=group,
             filed=day,
-            deadline=ati_deadline(self.calendar, day, extended=extended),
+            deadline=self._deadline(day, extended=extended),
             work_days=profile.work_days(rng),
             will_answer=rng.random() >= profile.never_answer,
             extended=extended,
@@ -368,6 +367,22 @@ class Simulation:
         if portal:
             self._filed_portal += 1
         return request
+
+    def _deadline(self, day: dt.date, *, extended: bool) -> dt.date:
+        """The legal deadline; past the calendar's last year, its last day stands in."""
+        try:
+            return ati_deadline(self.calendar, day, extended=extended)
+        except ValueError:
+            return CALENDAR_END
+
+    def _schedule(self, work: Workload, request: AtiRequest, day: dt.date) -> None:
+        """Queue ``request`` to be ready after its work days (a draw in the lognormal's far
+        tail that lands past the calendar is simply never ready within the run)."""
+        try:
+            ready = self.calendar.add_business_days(day, request.work_days)
+        except ValueError:
+            return
+        work.add(request, ready)
 
     def _file(self, day: dt.date) -> None:
         demand = self.scenario.demand
@@ -395,7 +410,7 @@ class Simulation:
                 req = self._new_request(code, group, profile, day, rng, portal=True)
                 req.delivered = day
                 if req.will_answer:
-                    work.add(req, self.calendar.add_business_days(day, req.work_days))
+                    self._schedule(work, req, day)
 
     def _file_offline(self, code: str, day: dt.date) -> None:
         profile, work = self.offline[code]
@@ -405,7 +420,7 @@ class Simulation:
             )
             req.delivered = day
             if req.will_answer:
-                work.add(req, self.calendar.add_business_days(day, req.work_days))
+                self._schedule(work, req, day)
 
     async def _deliver(self, day: dt.date) -> None:
         """The portal routes waiting requests: over the gateway, or directly on fallback."""

@@ -165,3 +165,17 @@ def test_without_fallback_more_central_requests_go_unanswered(
         return int(central["due_by_end"] - central["answered_in_time"] - central["answered_late"])
 
     assert never(()) > never(small.plan.fallback)
+
+
+def test_a_work_time_past_the_calendar_never_crashes_the_run(
+    small: Scenario, tmp_path: Path
+) -> None:
+    """A work time drawn far in the tail (hundreds of business days) leaves the request open."""
+    slow = dataclasses.replace(
+        small.behaviour["offline_municipality"], answer_days_median=400.0, answer_days_sigma=0.1
+    )
+    behaviour = {**small.behaviour, "offline_municipality": slow}
+    out = _run(dataclasses.replace(small, behaviour=behaviour), tmp_path)
+    offline = out.results["ati"]["groups"]["offline_municipality"]
+    assert offline["filed"] > 0
+    assert offline["answered"] == 0
