@@ -76,6 +76,27 @@ def _parser() -> argparse.ArgumentParser:
     source.add_argument("--log", type=Path, metavar="FILE", help="a log file (a run's log.db)")
     log_verify.add_argument("--json", action="store_true", help="print the result as JSON")
 
+    _add_rehearsal_parsers(commands)
+
+    demo = commands.add_parser("demo", help="start a gateway and agency host, exchange, verify")
+    demo.add_argument("--agencies", type=int, default=145)
+    demo.add_argument("--keep", type=Path, default=None, help="keep the state in this directory")
+    return parser
+
+
+def _add_report_option(*commands: argparse.ArgumentParser) -> None:
+    for command in commands:
+        command.add_argument(
+            "--report",
+            type=Path,
+            default=None,
+            metavar="PATH",
+            help="also write a self-contained HTML report (charts and tables) to PATH",
+        )
+
+
+def _add_rehearsal_parsers(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """``run`` and ``compare``: the rehearsal's commands."""
     run = commands.add_parser("run", help="rehearse a scenario in virtual time")
     run.add_argument("scenario", type=Path, metavar="SCENARIO.toml")
     run.add_argument("--seed", type=int, default=None, help="override the scenario's seed")
@@ -101,25 +122,15 @@ def _parser() -> argparse.ArgumentParser:
         metavar="KEY=VALUE",
         help="set a key (TOML value) in every scenario, e.g. plan.check_failure=0.3",
     )
+    compare.add_argument(
+        "--sweep",
+        default=None,
+        metavar="KEY=A,B,C",
+        help="run the one scenario once per value of KEY, e.g. plan.onboarding_capacity=5,10,20",
+    )
     compare.add_argument("--out", type=Path, default=Path("out/compare"), help="out/compare/")
     compare.add_argument("--jobs", type=int, default=None, help="plans run at once (cores)")
     _add_report_option(run, compare)
-
-    demo = commands.add_parser("demo", help="start a gateway and agency host, exchange, verify")
-    demo.add_argument("--agencies", type=int, default=145)
-    demo.add_argument("--keep", type=Path, default=None, help="keep the state in this directory")
-    return parser
-
-
-def _add_report_option(*commands: argparse.ArgumentParser) -> None:
-    for command in commands:
-        command.add_argument(
-            "--report",
-            type=Path,
-            default=None,
-            metavar="PATH",
-            help="also write a self-contained HTML report (charts and tables) to PATH",
-        )
 
 
 def _init(args: argparse.Namespace) -> int:
@@ -274,18 +285,25 @@ def _compare(args: argparse.Namespace) -> int:
 
     import structlog
 
-    from scenarios.compare import compare_plans, print_comparison
+    from scenarios.compare import compare_plans, compare_variants, print_comparison, sweep_variants
     from scenarios.model import ScenarioError
 
     structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(logging.WARNING))
     try:
-        runs = compare_plans(
-            args.scenarios,
-            args.out,
-            overrides=_overrides(args.overrides),
-            seed=args.seed,
-            jobs=args.jobs,
-        )
+        overrides = _overrides(args.overrides)
+        if args.sweep is None:
+            runs = compare_plans(
+                args.scenarios, args.out, overrides=overrides, seed=args.seed, jobs=args.jobs
+            )
+        else:
+            key, sep, values = args.sweep.partition("=")
+            choices = [v.strip() for v in values.split(",") if v.strip()]
+            if not sep or not key.strip() or not choices:
+                raise ScenarioError(Path("--sweep"), args.sweep, None, "expected KEY=A,B,C")
+            if len(args.scenarios) != 1:
+                raise ScenarioError(Path("--sweep"), key, None, "sweeps one scenario at a time")
+            variants = sweep_variants(args.scenarios[0], key.strip(), choices, overrides=overrides)
+            runs = compare_variants(variants, args.out, seed=args.seed, jobs=args.jobs)
     except ScenarioError as exc:
         errors.print(f"pasarela: {exc}", markup=False)
         return EXIT_USAGE

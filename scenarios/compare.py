@@ -23,7 +23,16 @@ from rich.table import Table
 from scenarios.model import load_scenario, with_overrides
 from scenarios.runner import run_scenario, write_results
 
-__all__ = ["COMPARE_SCHEMA", "PlanRun", "compare_plans", "print_comparison", "summarise"]
+__all__ = [
+    "COMPARE_SCHEMA",
+    "PlanRun",
+    "Variant",
+    "compare_plans",
+    "compare_variants",
+    "print_comparison",
+    "summarise",
+    "sweep_variants",
+]
 
 COMPARE_SCHEMA = "pasarela.compare/1"
 
@@ -52,6 +61,25 @@ def _labels(paths: Sequence[Path]) -> list[str]:
     return labels
 
 
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Variant:
+    """One run of a comparison: a scenario file with its own overrides."""
+
+    label: str
+    path: Path
+    overrides: Mapping[str, str]
+
+
+def sweep_variants(
+    path: Path, key: str, values: Sequence[str], *, overrides: Mapping[str, str] | None = None
+) -> list[Variant]:
+    """One variant of ``path`` per value of ``key`` (a one-parameter what-if sweep)."""
+    return [
+        Variant(label=f"{key}={value}", path=path, overrides={**(overrides or {}), key: value})
+        for value in values
+    ]
+
+
 def compare_plans(
     paths: Sequence[Path],
     out_dir: Path,
@@ -60,28 +88,47 @@ def compare_plans(
     seed: int | None = None,
     jobs: int | None = None,
 ) -> list[PlanRun]:
-    """Run every scenario (validated up front, so a typo fails before any run starts)."""
-    for path in paths:
-        load_scenario(path, overrides=overrides)
-    labels = _labels(paths)
-    workers = max(1, min(len(paths), jobs or os.cpu_count() or 1))
+    """Run every scenario with the same overrides, side by side."""
+    variants = [
+        Variant(label=label, path=path, overrides=dict(overrides or {}))
+        for path, label in zip(paths, _labels(paths), strict=True)
+    ]
+    return compare_variants(variants, out_dir, seed=seed, jobs=jobs)
+
+
+def compare_variants(
+    variants: Sequence[Variant], out_dir: Path, *, seed: int | None = None, jobs: int | None = None
+) -> list[PlanRun]:
+    """Run every variant (all validated up front, so a typo fails before any run starts)."""
+    for variant in variants:
+        load_scenario(variant.path, overrides=variant.overrides)
+    workers = max(1, min(len(variants), jobs or os.cpu_count() or 1))
     out_dir.mkdir(parents=True, exist_ok=True)
     with ProcessPoolExecutor(max_workers=workers) as pool:
         futures = [
-            pool.submit(_run_one, str(path), dict(overrides or {}), seed, str(out_dir / label))
-            for path, label in zip(paths, labels, strict=True)
+            pool.submit(
+                _run_one, str(v.path), dict(v.overrides), seed, str(out_dir / _folder(v.label))
+            )
+            for v in variants
         ]
         runs = [
-            PlanRun(label=label, path=path, results=future.result())
-            for path, label, future in zip(paths, labels, futures, strict=True)
+            PlanRun(label=v.label, path=v.path, results=future.result())
+            for v, future in zip(variants, futures, strict=True)
         ]
     summary = {
         "schema": COMPARE_SCHEMA,
-        "overrides": dict(overrides or {}),
+        "variants": {
+            v.label: {"file": v.path.name, "overrides": dict(v.overrides)} for v in variants
+        },
         "plans": {run.label: summarise(run.results) for run in runs},
     }
     write_results(summary, out_dir / "compare.json")
     return runs
+
+
+def _folder(label: str) -> str:
+    """A file-system-safe folder name for a variant's outputs."""
+    return "".join(c if c.isalnum() or c in "-_.=" else "_" for c in label)
 
 
 def summarise(results: dict[str, Any]) -> dict[str, Any]:

@@ -67,3 +67,30 @@ def test_compare_refuses_a_bad_scenario_before_running_any(
     assert main(["compare", str(SMALL), str(broken), "--out", str(out)]) == 2
     assert "scenario.seed" in capsys.readouterr().err
     assert not (out / "small").exists()
+
+
+def test_sweep_runs_one_scenario_per_value(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """--sweep KEY=A,B runs the scenario once per value; less capacity never reconnects sooner."""
+    out = tmp_path / "out"
+    args = ["compare", str(SMALL), "--sweep", "plan.onboarding_capacity=1,4", "--out", str(out)]
+    assert main(args) == 0
+    summary = json.loads((out / "compare.json").read_text())
+    plans = summary["plans"]
+    assert set(plans) == {"plan.onboarding_capacity=1", "plan.onboarding_capacity=4"}
+    slow = plans["plan.onboarding_capacity=1"]["days_to_full_reconnection"]
+    fast = plans["plan.onboarding_capacity=4"]["days_to_full_reconnection"]
+    assert slow >= fast
+    assert summary["variants"]["plan.onboarding_capacity=1"]["overrides"] == {
+        "plan.onboarding_capacity": "1"
+    }
+
+
+def test_sweep_needs_key_and_values(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """A malformed --sweep is a usage error."""
+    assert (
+        main(["compare", str(SMALL), "--sweep", "plan.onboarding_capacity", "--out", str(tmp_path)])
+        == 2
+    )
+    assert "KEY=A,B,C" in capsys.readouterr().err
