@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import datetime as dt
 from collections import Counter
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -84,29 +84,38 @@ class GatewayFigures:
 
 
 def gateway_figures(records: Iterable[LogRecord], trust: TrustStore) -> GatewayFigures:
-    """Scan the log once: counts by kind and reason, chain check, superseded keys accepted."""
-    materialised = list(records)
+    """One streaming pass over the log: counts by kind and reason, the chain check, and
+    messages accepted under superseded keys (constant memory, however long the log)."""
+    stream = iter(records)
     by_kind: Counter[str] = Counter()
     rejected: Counter[str] = Counter()
     generation = 1
     superseded = 0
-    for record in materialised:
-        by_kind[record.kind] += 1
-        fields = record.fields
-        if record.kind == "admin" and fields.get("action") == "open-generation":
-            generation = int(str(fields.get("generation")))
-        elif record.kind == "request":
-            key = trust.lookup(str(fields.get("kid")))
-            if key is None or key.generation < generation:
-                superseded += 1
-        elif "reason" in fields and record.kind.endswith("rejection"):
-            rejected[str(fields["reason"])] += 1
-    check = verify(materialised)
-    head = materialised[-1].hash if materialised else ""
+    last = ""
+
+    def counted() -> Iterator[LogRecord]:
+        nonlocal generation, superseded, last
+        for record in stream:
+            by_kind[record.kind] += 1
+            fields = record.fields
+            if record.kind == "admin" and fields.get("action") == "open-generation":
+                generation = int(str(fields.get("generation")))
+            elif record.kind == "request":
+                key = trust.lookup(str(fields.get("kid")))
+                if key is None or key.generation < generation:
+                    superseded += 1
+            elif "reason" in fields and record.kind.endswith("rejection"):
+                rejected[str(fields["reason"])] += 1
+            last = record.hash
+            yield record
+
+    check = verify(counted())
+    for _ in counted():  # verify stops at the first bad record; count the rest anyway
+        pass
     return GatewayFigures(
-        records=len(materialised),
+        records=sum(by_kind.values()),
         verified=check.ok,
-        head=head,
+        head=last,
         by_kind=dict(sorted(by_kind.items())),
         rejected=dict(sorted(rejected.items())),
         superseded_accepted=superseded,
