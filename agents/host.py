@@ -42,6 +42,7 @@ from gateway.protocol import (
     ProblemCode,
     problem_document,
 )
+from gateway.service import problem_response
 from gateway.transport import WireRequest, WireResponse, header_value
 
 __all__ = ["AgencyHost", "ServiceHandler", "load_identities", "ping"]
@@ -54,14 +55,6 @@ _ENDPOINT: Final = re.compile(r"/agencies/([^/]+)/messages")
 async def ping(claims: MessageClaims, body: bytes) -> tuple[int, bytes]:
     """The ``ping`` service: echo the request body."""
     return 200, body
-
-
-def _problem(code: ProblemCode, detail: str, *, jti: str | None = None) -> WireResponse:
-    return WireResponse(
-        status=code.status,
-        headers={"Content-Type": PROBLEM_CONTENT_TYPE},
-        body=encode_json(problem_document(code, detail, jti=jti)),
-    )
 
 
 @dataclass(slots=True, kw_only=True)
@@ -120,12 +113,14 @@ class AgencyHost:
         path = urlsplit(request.url).path
         match = _ENDPOINT.fullmatch(path)
         if match is None:
-            return _problem(ProblemCode.NOT_FOUND, f"no endpoint at {path}")
+            return problem_response(ProblemCode.NOT_FOUND, f"no endpoint at {path}")
         if request.method != "POST":
-            return _problem(ProblemCode.METHOD_NOT_ALLOWED, f"{request.method} {path}")
+            return problem_response(ProblemCode.METHOD_NOT_ALLOWED, f"{request.method} {path}")
         identity = self._identities.get(match.group(1))
         if identity is None:
-            return _problem(ProblemCode.UNKNOWN_RECEIVER, f"no agency {match.group(1)} here")
+            return problem_response(
+                ProblemCode.UNKNOWN_RECEIVER, f"no agency {match.group(1)} here"
+            )
         now = self._clock.now()
         self._forget_before(now)
         try:
@@ -139,13 +134,13 @@ class AgencyHost:
                 leeway=self._leeway,
             )
         except VerificationFailed as exc:
-            return _problem(exc.code, str(exc))
+            return problem_response(exc.code, str(exc))
         key = (identity.code, claims.iss, claims.jti)
         known = self._answers.get(key)
         if known is not None:
             if known.bh != claims.bh:
                 detail = f"{claims.iss} already used {claims.jti} with another body"
-                return _problem(ProblemCode.REPLAY, detail, jti=claims.jti)
+                return problem_response(ProblemCode.REPLAY, detail, jti=claims.jti)
             return await asyncio.shield(known.response)
         answer = _Answer(
             bh=claims.bh,
@@ -157,7 +152,7 @@ class AgencyHost:
         try:
             response = await self._answer(identity, claims, request.body)
         except Exception as exc:  # a failing service must not break the host
-            response = _problem(
+            response = problem_response(
                 ProblemCode.RECEIVER_UNAVAILABLE,
                 f"service {claims.svc} failed: {type(exc).__name__}",
                 jti=claims.jti,

@@ -14,6 +14,7 @@ import time
 from typing import Protocol
 
 __all__ = [
+    "EPOCH_2015",
     "Clock",
     "ManualClock",
     "Randomness",
@@ -42,10 +43,14 @@ class SystemClock:
         return time.time()
 
 
+#: 2015-01-01T00:00:00Z: where tests and rehearsals of the 2015 incident start by default.
+EPOCH_2015 = 1_420_070_400.0
+
+
 class ManualClock:
     """A clock that only moves when told to (tests, virtual time)."""
 
-    def __init__(self, start: float = 1_420_070_400.0) -> None:  # 2015-01-01T00:00:00Z
+    def __init__(self, start: float = EPOCH_2015) -> None:
         self._now = start
 
     def now(self) -> float:

@@ -17,7 +17,7 @@ import jwt
 from aiohttp import web
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
-from gateway.clock import ManualClock, SeededRandomness
+from gateway.clock import EPOCH_2015, ManualClock, SeededRandomness
 from gateway.http import create_app
 from gateway.log import LogRecord, MessageLog
 from gateway.operators import mint_operator_token
@@ -47,7 +47,6 @@ __all__ = [
 
 GATEWAY_URL = "http://gateway.test"
 RECEIVER_URL = "http://agencies.test"
-EPOCH_2015 = 1_420_070_400.0
 OPERATOR = "ops"
 
 
