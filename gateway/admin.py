@@ -77,12 +77,16 @@ class Admin:
         )
 
     async def disconnect_all(self, *, actor: str, reason: str) -> ActionResult:
-        """Disconnect every agency that is not already disconnected (the incident lever)."""
+        """Disconnect every agency that is connected or on its way (the incident lever).
+
+        Agencies on the direct fallback stay there: direct access does not use the gateway.
+        """
         registry = self.gateway.registry
         moved: list[JSONValue] = []
         for agency in registry.agencies():
             if (
                 agency.state is ConnectionState.DISCONNECTED
+                or agency.state is ConnectionState.DIRECT  # direct access needs no gateway
                 or agency.code == self.gateway.config.code
             ):
                 continue

@@ -30,7 +30,7 @@ from gateway.protocol import HEADER_SIGNATURE, PROBLEM_CONTENT_TYPE, ProblemCode
 from gateway.registry import ConnectionState, IllegalTransition, RegistryError, StateEvent
 from gateway.service import Gateway
 from gateway.transport import WireRequest, WireResponse
-from gateway.trust import TrustError
+from gateway.trust import DistrustedKeyError, TrustError
 
 __all__ = ["ADMIN_KEY", "GATEWAY_KEY", "create_app"]
 
@@ -200,6 +200,9 @@ async def post_enrolment(request: web.Request) -> web.Response:
         if not isinstance(csr, str):
             raise _InvalidRequestError(ProblemCode.INVALID_REQUEST, 'body must be {"csr": <PEM>}')
         enrolment = await request.app[ADMIN_KEY].submit_enrolment(csr)
+    except DistrustedKeyError as exc:
+        code = ProblemCode.REVOKED_KEY if exc.revoked else ProblemCode.SUPERSEDED_KEY
+        return await _refuse_request(gateway, request, code, str(exc), kind="enrolment-rejection")
     except (TrustError, RegistryError) as exc:
         return await _refuse_request(
             gateway, request, ProblemCode.INVALID_REQUEST, str(exc), kind="enrolment-rejection"

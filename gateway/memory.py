@@ -15,7 +15,7 @@ from gateway.protocol import HEADER_SIGNATURE, ProblemCode
 from gateway.registry import RegistryError
 from gateway.service import problem_response
 from gateway.transport import Handler, WireRequest, WireResponse
-from gateway.trust import TrustError
+from gateway.trust import DistrustedKeyError, TrustError
 
 __all__ = ["gateway_handler"]
 
@@ -38,6 +38,9 @@ def gateway_handler(admin: Admin) -> Handler:
                 if not isinstance(csr, str):
                     raise TypeError("csr")
                 enrolment = await admin.submit_enrolment(csr)
+            except DistrustedKeyError as exc:
+                code = ProblemCode.REVOKED_KEY if exc.revoked else ProblemCode.SUPERSEDED_KEY
+                return problem_response(code, f"enrolment refused: {exc}")
             except (ValueError, TypeError, AttributeError, TrustError, RegistryError) as exc:
                 return problem_response(ProblemCode.INVALID_REQUEST, f"enrolment refused: {exc}")
             body = json.dumps(

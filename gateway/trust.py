@@ -26,6 +26,7 @@ from gateway.protocol import AGENCY_CODE, kid_for_certificate
 
 __all__ = [
     "CertificateAuthority",
+    "DistrustedKeyError",
     "Enrolment",
     "KeyRecord",
     "TrustError",
@@ -42,6 +43,19 @@ CERT_LIFETIME = dt.timedelta(days=730)
 
 class TrustError(Exception):
     """A trust operation that cannot be done (bad CSR, unknown enrolment, ...)."""
+
+
+class DistrustedKeyError(TrustError):
+    """A CSR for a public key that was certified before and is now distrusted.
+
+    A key from an earlier generation (``superseded``) or a revoked one must never be
+    certified again: whoever holds it may be the attacker who stole it.
+    """
+
+    def __init__(self, message: str, *, revoked: bool, agency: str) -> None:
+        super().__init__(message)
+        self.revoked = revoked
+        self.agency = agency
 
 
 def generate_key(randomness: Randomness) -> Ed25519PrivateKey:
@@ -202,6 +216,8 @@ class TrustStore:
     def __init__(self, ca: CertificateAuthority, *, generation: int = 1) -> None:
         self.ca = ca
         self.generation = generation
+        #: Refuse CSRs for distrusted keys (only a test of the defence turns this off).
+        self.refuse_distrusted = True
         self._keys: dict[str, KeyRecord] = {}
         self._enrolments: dict[str, Enrolment] = {}
         #: Bumped by every change to keys or the generation: a cheap "has trust changed?".
@@ -281,9 +297,35 @@ class TrustStore:
     def submit(self, csr_pem: str, *, enrolment_id: str, now: float) -> Enrolment:
         """Check a CSR (signature, Ed25519, CN is an agency code) and queue it."""
         agency = csr_agency(csr_pem)
+        if self.refuse_distrusted:
+            self._refuse_distrusted(csr_pem)
         enrolment = Enrolment(id=enrolment_id, agency=agency, csr_pem=csr_pem, submitted_at=now)
         self._enrolments[enrolment_id] = enrolment
         return enrolment
+
+    def distrusted(self, public_key: Ed25519PublicKey) -> KeyRecord | None:
+        """The record of ``public_key`` if it was certified and is now revoked or superseded."""
+        raw = public_key.public_bytes_raw()
+        for record in self._keys.values():
+            if (record.revoked or record.generation < self.generation) and (
+                record.public_key.public_bytes_raw() == raw
+            ):
+                return record
+        return None
+
+    def _refuse_distrusted(self, csr_pem: str) -> None:
+        key = x509.load_pem_x509_csr(csr_pem.encode("ascii")).public_key()
+        if not isinstance(key, Ed25519PublicKey):
+            return  # submit's own checks say what is wrong with it
+        record = self.distrusted(key)
+        if record is not None:
+            why = "revoked" if record.revoked else f"of generation {record.generation}, distrusted"
+            raise DistrustedKeyError(
+                f"this public key was certified before ({record.kid}, {why}); "
+                "enrol with a newly generated key",
+                revoked=record.revoked,
+                agency=record.agency,
+            )
 
     def approve(self, enrolment_id: str, *, randomness: Randomness, now: float) -> KeyRecord:
         enrolment = self._pending(enrolment_id)

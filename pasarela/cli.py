@@ -11,6 +11,7 @@ import asyncio
 import json
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from rich.console import Console
 
@@ -18,6 +19,9 @@ from gateway.clock import SystemClock, SystemRandomness
 from gateway.log import verify
 from gateway.state import StateError, init_state, state_path
 from gateway.store import SqliteLogStore
+
+if TYPE_CHECKING:
+    from scenarios.model import Scenario
 
 __all__ = ["main"]
 
@@ -109,6 +113,21 @@ def _add_rehearsal_parsers(commands: argparse._SubParsersAction[argparse.Argumen
         default=[],
         metavar="KEY=VALUE",
         help="set a key (TOML value) without editing the file, e.g. plan.waves[0].agencies=25",
+    )
+
+    plan = commands.add_parser("plan", help="reconnection plans")
+    plan_commands = plan.add_subparsers(dest="plan_command", required=True)
+    validate = plan_commands.add_parser(
+        "validate", help="check a plan can finish (before running it); exit 2 if it cannot"
+    )
+    validate.add_argument("scenario", type=Path, metavar="SCENARIO.toml")
+    validate.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="set a key (TOML value) before checking, e.g. plan.onboarding_capacity=5",
     )
 
     compare = commands.add_parser("compare", help="run several plans and compare them")
@@ -253,6 +272,7 @@ def _run(args: argparse.Namespace) -> int:
     except ScenarioError as exc:
         errors.print(f"pasarela: {exc}", markup=False)
         return EXIT_USAGE
+    _warn_infeasible(scenario)
     # The gateway's per-refusal events would drown the terminal; they are in the log.
     structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(logging.WARNING))
     with progress_bar(console, scenario.start, scenario.end, enabled=not args.quiet) as tick:
@@ -266,6 +286,56 @@ def _run(args: argparse.Namespace) -> int:
         if not args.quiet:
             console.print(f"report: {args.report}")
     return EXIT_OK if output.held else EXIT_FAILED
+
+
+def _warn_infeasible(scenario: Scenario) -> None:
+    """A plan that cannot finish still runs (what-ifs want to see how bad), with a warning."""
+    from scenarios.feasibility import plan_problems
+
+    for problem in plan_problems(scenario):
+        errors.print(f"pasarela: warning: {problem}", markup=False)
+
+
+def _plan_validate(args: argparse.Namespace) -> int:
+    from rich.table import Table
+
+    from scenarios.feasibility import earliest_schedule, plan_problems
+    from scenarios.model import ScenarioError, load_scenario
+
+    try:
+        scenario = load_scenario(args.scenario, overrides=_overrides(args.overrides))
+    except ScenarioError as exc:
+        errors.print(f"pasarela: {exc}", markup=False)
+        return EXIT_USAGE
+    problems = plan_problems(scenario)
+    for problem in problems:
+        errors.print(f"pasarela: {problem}", markup=False)
+    plan = scenario.plan
+    table = Table(title=f"{plan.name}: the earliest schedule the plan allows")
+    for column in ("wave", "agencies", "starts", "all back", "gate passes", "deadline"):
+        table.add_column(column, justify="left" if column == "wave" else "right")
+    for estimate in earliest_schedule(scenario):
+        table.add_row(
+            estimate.name,
+            str(estimate.size),
+            estimate.start.isoformat(),
+            "never" if estimate.back is None else estimate.back.isoformat(),
+            "-" if estimate.gate_passed is None else estimate.gate_passed.isoformat(),
+            estimate.deadline.isoformat(),
+        )
+    console.print(table)
+    capacity = plan.onboarding_capacity
+    console.print(
+        f"{len(plan.waves)} waves, {len(scenario.faults)} faults, onboarding capacity "
+        f"{f'{capacity} a week' if capacity else 'unlimited'}, "
+        f"{sum(len(v) for v in plan.dependencies.values())} dependencies; every delay at its "
+        "minimum and no check failing"
+    )
+    if problems:
+        console.print(f"{args.scenario}: the plan cannot finish ({len(problems)} problem(s))")
+        return EXIT_USAGE
+    console.print(f"{args.scenario}: plan OK")
+    return EXIT_OK
 
 
 def _overrides(pairs: list[str]) -> dict[str, str]:
@@ -339,6 +409,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _run(args)
         if args.command == "compare":
             return _compare(args)
+        if args.command == "plan":
+            return _plan_validate(args)
         return _demo(args)
     except StateError as exc:
         errors.print(f"pasarela: {exc}")

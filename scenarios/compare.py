@@ -155,6 +155,8 @@ def summarise(results: dict[str, Any]) -> dict[str, Any]:
         "backlog_peak": results["ati"]["backlog_peak"],
         "fallback_answers": plan["fallback_answers"],
         "check_failures": plan["check_failures"],
+        "gate_failures": plan.get("gate_failures", 0),
+        "exposure_seconds": plan.get("exposure_seconds", 0.0),
         "exposure_superseded_accepted": results["gateway"]["superseded_key_accepted"],
         "expectations_held": sum(1 for e in results["expectations"] if e["held"]),
         "expectations": len(results["expectations"]),
@@ -209,12 +211,21 @@ def print_comparison(console: Console, runs: Sequence[PlanRun], out_dir: Path) -
     row("peak backlog (requests)", [f"{s['backlog_peak']:,}" for s in cells])
     row("fallback load (answers via direct access)", [f"{s['fallback_answers']:,}" for s in cells])
     row("check failures", [s["check_failures"] for s in cells])
+    row("gate failures (failed judgements)", [s["gate_failures"] for s in cells])
+    row(
+        "exposure: seconds a distrusted key was usable",
+        [f"{s['exposure_seconds']:,.0f}" for s in cells],
+    )
     row(
         "exposure: messages accepted under distrusted keys",
         [s["exposure_superseded_accepted"] for s in cells],
     )
     row("expectations held", [f"{s['expectations_held']}/{s['expectations']}" for s in cells])
     row("wall time (s)", [s["wall_seconds"] for s in cells])
+    # Wide enough for one line per row: a log or a pipe would otherwise wrap every label.
+    width = 60 + sum(max(22, len(label) + 5) for label, _ in summaries)
+    if not console.is_terminal and console.width < width:
+        console = Console(file=console.file, width=width, highlight=False, color_system=None)
     console.print(table)
     console.print(
         f"comparison: {out_dir / 'compare.json'}; each plan's results in {out_dir}/<plan>/"

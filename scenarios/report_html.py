@@ -13,13 +13,17 @@ import datetime as dt
 import io
 import re
 from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass
 from html import escape
 from pathlib import Path
 from typing import Any
 
 import matplotlib as mpl
+from matplotlib.artist import Artist
 from matplotlib.axes import Axes
 from matplotlib.figure import Figure
+from matplotlib.lines import Line2D
+from matplotlib.patches import Patch
 
 import pasarela
 from scenarios.compare import summarise
@@ -151,37 +155,168 @@ def _chart_backlog(runs: Runs) -> Figure:
     return fig
 
 
-def _gantt_rows(results: Mapping[str, Any]) -> list[tuple[str, float, float, str]]:
-    """(row name, start, end, bar label) per wave, then the fallback (open to the end)."""
-    end, named, rows = _day(results["scenario"]["end"]), 0, []
+@dataclass(frozen=True, slots=True, kw_only=True)
+class _GanttRow:
+    """One row of the waves chart: a wave, the direct fallback, or one fault's windows."""
+
+    name: str
+    text: str  # written after the row's last mark
+    kind: str  # "wave", "fallback" or "fault"
+    bars: tuple[tuple[float, float], ...] = ()  # (start, stop) day numbers
+    soak: tuple[float, float] | None = None  # last connection to the gate's pass
+    passed: tuple[float, ...] = ()  # gate evaluations that passed
+    failed: tuple[float, ...] = ()  # gate evaluations that failed
+    planned: float | None = None  # the planned start, when the wave started another day
+    at: float = 0.0  # where the text goes
+
+
+def _moment(value: str) -> float:
+    """Matplotlib's date number of an ISO date or date-time (wall time; an offset is dropped)."""
+    moment = dt.datetime.fromisoformat(value).replace(tzinfo=None)
+    return (moment - dt.datetime(1970, 1, 1)).total_seconds() / 86_400
+
+
+def _wave_row(wave: str, figures: Mapping[str, Any], end: float) -> _GanttRow:
+    gate = figures.get("gate") or {}
+    evaluations = gate.get("evaluations", [])
+    passed = tuple(_day(e["date"]) for e in evaluations if e["passed"])
+    failed = tuple(_day(e["date"]) for e in evaluations if not e["passed"])
+    text = f"{figures['connected']}/{figures['agencies']}"
+    for key, what in (("quarantined", "quarantined"), ("fell_back", "fell back")):
+        if figures.get(key):
+            text += f" \N{MIDDLE DOT} {len(figures[key])} {what}"
+    planned = None if figures.get("planned_start") is None else _day(figures["planned_start"])
+    if figures["start"] is None:  # held: a gate before it never passed
+        at = end if planned is None else planned
+        return _GanttRow(name=wave, text="not started", kind="wave", planned=planned, at=at)
+    start, last = _day(figures["start"]), figures["last_connected"]
+    stop = end if last is None else max(_day(last), start + 1)
+    soak = None
+    if gate and last is not None:
+        gate_end = gate.get("passed") or (evaluations[-1]["date"] if evaluations else None)
+        soak_stop = end if gate_end is None else _day(gate_end)
+        soak = (stop, soak_stop) if soak_stop > stop else None
+    marks = [stop, *passed, *failed, *(soak[1:] if soak else ())]
+    return _GanttRow(
+        name=wave,
+        text=text,
+        kind="wave",
+        bars=((start, stop),),
+        soak=soak,
+        passed=passed,
+        failed=failed,
+        planned=None if planned == start else planned,
+        at=max(marks),
+    )
+
+
+#: A fault shorter than this is drawn this wide, so an hour's fault still shows.
+MIN_FAULT_DAYS = 1.0
+
+
+def _fault_rows(results: Mapping[str, Any], end: float) -> list[_GanttRow]:
+    """One row per faulted kind and target, with every window of it."""
+    grouped: dict[tuple[str, str], list[Mapping[str, Any]]] = {}
+    for fault in results.get("faults") or ():
+        grouped.setdefault((fault["kind"], fault["target"] or ""), []).append(fault)
+    rows = []
+    for (kind, target), faults in grouped.items():
+        bars = []
+        for fault in faults:
+            start = _moment(fault["start"])
+            stop = end if fault["end"] is None else _moment(fault["end"])
+            bars.append((start, max(stop, start + MIN_FAULT_DAYS)))
+        affected = sum(int(f.get("affected", 0)) for f in faults)
+        name = f"fault: {kind} {target}".strip()
+        text = f"{affected:,} affected"
+        rows.append(_GanttRow(name=name, text=text, kind="fault", bars=tuple(bars), at=bars[-1][1]))
+    return rows
+
+
+def _gantt_rows(results: Mapping[str, Any]) -> list[_GanttRow]:
+    """The waves, then the fallback (open to the end), then the injected faults."""
+    end, named = _day(results["scenario"]["end"]), 0
+    rows = []
     for wave, figures in results["agencies"]["waves"].items():
-        start, last = _day(figures["start"]), figures["last_connected"]
-        stop = end if last is None else max(_day(last), start + 1)
-        rows.append((wave, start, stop, f"{figures['connected']}/{figures['agencies']}"))
+        rows.append(_wave_row(wave, figures, end))
         named += figures["agencies"]
     fallback = results["plan"]["agencies"] - named
     for event in _events(results, "fallback"):
-        text = f"{event['agencies']}/{fallback} direct"
-        rows.append(("direct fallback", _day(event["date"]), end, text))
-    return rows
+        text, bars = f"{event['agencies']}/{fallback} direct", ((_day(event["date"]), end),)
+        rows.append(
+            _GanttRow(name="direct fallback", text=text, kind="fallback", bars=bars, at=end)
+        )
+    return rows + _fault_rows(results, end)
+
+
+#: How the waves chart draws a gate evaluation that passed, one that failed, and the day a
+#: wave was planned to start (matplotlib line properties, shared with the legend's entries).
+GATE_PASSED: dict[str, Any] = {
+    "marker": "o",
+    "ms": 8,
+    "color": "#1e6b3a",
+    "mec": "white",
+    "mew": 0.8,
+}
+GATE_FAILED: dict[str, Any] = {"marker": "X", "ms": 8, "color": ALARM, "mec": "white", "mew": 0.8}
+PLANNED: dict[str, Any] = {"marker": "|", "ms": 13, "color": MUTED, "mew": 1.6}
+HATCH = "////"
+
+
+def _draw_row(ax: Axes, y: int, row: _GanttRow, colour: str) -> None:
+    for start, stop in row.bars:
+        if row.kind == "fault":
+            style: dict[str, Any] = {"facecolor": "none", "edgecolor": colour, "hatch": HATCH}
+            ax.barh(y, stop - start, left=start, height=0.5, linewidth=0.8, **style)
+        else:
+            alpha = 0.4 if row.kind == "fallback" else 0.95
+            ax.barh(y, stop - start, left=start, height=0.62, color=colour, alpha=alpha)
+    if row.soak is not None:
+        start, stop = row.soak
+        ax.barh(y, stop - start, left=start, height=0.62, color=colour, alpha=0.28)
+    if row.planned is not None:
+        ax.plot(row.planned, y, **PLANNED)
+    for days, mark in ((row.passed, GATE_PASSED), (row.failed, GATE_FAILED)):
+        if days:
+            ax.plot(days, [y] * len(days), linestyle="none", zorder=3, **mark)
+    ax.annotate(row.text, (row.at, y), xytext=(6, 0), textcoords="offset points", va="center")
+
+
+def _waves_legend(rows: Sequence[_GanttRow]) -> list[Artist]:
+    """A legend entry for each kind of mark the chart holds (none for plain bars)."""
+    handles: list[Artist] = []
+    if any(r.soak for r in rows):
+        handles.append(Patch(color=MUTED, alpha=0.3, label="soak: last connection to gate pass"))
+    for present, mark, name in (
+        (any(r.passed for r in rows), GATE_PASSED, "gate passed"),
+        (any(r.failed for r in rows), GATE_FAILED, "gate failed"),
+        (any(r.planned is not None for r in rows), PLANNED, "planned start"),
+    ):
+        if present:
+            handles.append(Line2D([], [], linestyle="none", label=name, **mark))
+    if any(r.kind == "fault" for r in rows):
+        handles.append(Patch(facecolor="none", edgecolor=INK, hatch=HATCH, label="fault window"))
+    return handles
 
 
 def _chart_waves(runs: Runs) -> Figure:
     rows = [(label, colour, row) for label, r, colour, _ in _plans(runs) for row in _gantt_rows(r)]
-    fig = Figure(figsize=(10, 1.2 + 0.45 * max(len(rows), 1)), layout="constrained")
+    handles = _waves_legend([row for *_, row in rows])
+    height = 1.2 + 0.45 * max(len(rows), 1) + (0.4 if handles else 0.0)
+    fig = Figure(figsize=(10, height), layout="constrained")
     ax = fig.add_subplot()
-    for y, (_, colour, (_, start, stop, text)) in enumerate(rows):
-        alpha = 0.4 if text.endswith("direct") else 0.95
-        ax.barh(y, stop - start, left=start, height=0.62, color=colour, alpha=alpha)
-        ax.annotate(text, (stop, y), xytext=(5, 0), textcoords="offset points", va="center")
+    for y, (_, colour, row) in enumerate(rows):
+        _draw_row(ax, y, row, colour)
     _incident(ax, runs, label=False)
-    names = [f"{label} · {name}" if label else name for label, _, (name, *_rest) in rows]
+    names = [f"{label} \N{MIDDLE DOT} {row.name}" if label else row.name for label, _, row in rows]
     ax.set_yticks(range(len(rows)), names)
     ax.set_ylim(len(rows) - 0.4, -0.6)
     ax.grid(axis="y", visible=False)
     ax.margins(x=0.1)
-    ax.set_title("Reconnection plan: waves and fallback")
+    ax.set_title("Reconnection plan: waves, gates and fallback")
     ax.xaxis_date()
+    if handles:
+        fig.legend(handles=handles, loc="outside lower center", ncols=min(len(handles), 5))
     return fig
 
 
@@ -202,8 +337,12 @@ CHARTS: tuple[tuple[str, Callable[[Runs], Figure], str], ...] = (
     (
         "chart-waves",
         _chart_waves,
-        "Each wave from its start to the last of its agencies connected, and the direct "
-        "fallback from the day it opened; agencies back / agencies named at the end of each bar.",
+        "Each wave from its start to the last of its agencies connected; when it has a gate, "
+        "its soak (lighter) up to the day the gate passed and a mark at every gate evaluation "
+        "(green circle: passed, red cross: failed). The direct fallback from the day it "
+        "opened; hatched rows are the injected faults' windows (drawn at least a day wide). "
+        "Agencies back / agencies named, and those the gate's rollback sent away, at the end "
+        "of each row.",
     ),
 )
 
@@ -285,10 +424,14 @@ SUMMARY_ROWS = (
     ("peak backlog (requests)", "backlog_peak"),
     ("answers through the direct fallback", "fallback_answers"),
     ("reconnection checks failed", "check_failures"),
+    ("gate failures", "gate_failures"),
     ("messages accepted under distrusted keys", "exposure_superseded_accepted"),
+    ("exposure (seconds a distrusted key was usable)", "exposure_seconds"),
     ("expectations held", "held"),
     ("wall time of the run (s)", "wall"),
 )
+#: Rows read from ``plan`` that older results lack: shown when some run has them.
+PLAN_SUMMARY_ROWS = ("gate_failures", "exposure_seconds")
 
 
 def _summary(runs: Runs) -> str:
@@ -299,15 +442,21 @@ def _summary(runs: Runs) -> str:
         s["in_time"] = None if rate is None else f"{rate:.1%}"
         s["held"] = f"{s['expectations_held']}/{s['expectations']}"
         s["wall"] = f"{s['wall_seconds']:.1f}"
+        s.update({key: results["plan"].get(key) for key in PLAN_SUMMARY_ROWS})
         cells.append(s)
+    rows = [
+        (name, key)
+        for name, key in SUMMARY_ROWS
+        if key not in PLAN_SUMMARY_ROWS or any(s[key] is not None for s in cells)
+    ]
     days = sorted({d for s in cells for d in s["on_portal_by_date"]})
-    lines = [(name, [s[key] for s in cells]) for name, key in SUMMARY_ROWS[:3]]
+    lines = [(name, [s[key] for s in cells]) for name, key in rows[:3]]
     for day in days:
         on_portal = [s["on_portal_by_date"].get(day) for s in cells]
         lines.append((f"central agencies on the portal, {day}", on_portal))
-    lines += [(name, [s[key] for s in cells]) for name, key in SUMMARY_ROWS[3:]]
-    rows = [[escape(name)] + [escape(_number(v)) for v in values] for name, values in lines]
-    return _table(["", *_columns(runs, "value")], rows, css="numbers")
+    lines += [(name, [s[key] for s in cells]) for name, key in rows[3:]]
+    rows_html = [[escape(name)] + [escape(_number(v)) for v in values] for name, values in lines]
+    return _table(["", *_columns(runs, "value")], rows_html, css="numbers")
 
 
 def _gateway(runs: Runs) -> str:
@@ -325,7 +474,18 @@ def _gateway(runs: Runs) -> str:
     return _table(["", *_columns(runs, "value")], rows, css="numbers")
 
 
-def _agencies(runs: Runs) -> str:
+#: Rows beyond which a table of agencies is folded into <details>.
+FOLD_ROWS = 30
+
+
+def _folded(table: str, *, agencies: int, fold: bool) -> str:
+    """The table, or folded into <details> naming how many agencies it lists."""
+    if not fold:
+        return table
+    return f"<details><summary>{agencies} agencies (show)</summary>{table}</details>"
+
+
+def _agencies_back(runs: Runs) -> str:
     """Agency code → day back, in side-by-side blocks; folded away when still long."""
     backs = [results["plan"]["agencies_back"] for _, results in runs]
     codes = sorted({code for back in backs for code in back})
@@ -339,9 +499,156 @@ def _agencies(runs: Runs) -> str:
         row = [c for code in codes[r::height] for c in (code, *(b.get(code) for b in backs))]
         rows.append([escape(_number(c)) for c in row] + [""] * (len(head) - len(row)))
     table = _table(head, rows, css="agencies")
-    if height <= 30:
-        return table
-    return f"<details><summary>{len(codes)} agencies (show)</summary>{table}</details>"
+    return _folded(table, agencies=len(codes), fold=height > FOLD_ROWS)
+
+
+#: plan.agency_table: column heading → key of a row.
+AGENCY_COLUMNS = (
+    ("agency", "code"),
+    ("kind", "kind"),
+    ("wave", "wave"),
+    ("back on", "back"),
+    ("route", "route"),
+    ("final state", "state"),
+    ("check failures", "check_failures"),
+    ("ATI requests", "requests"),
+    ("late", "answered_late"),
+    ("never answered", "never_answered"),
+)
+
+
+def _agency_table(table: Sequence[Mapping[str, Any]]) -> str:
+    if not table:
+        return "<p>The run lists no agencies.</p>"
+    rows = [[escape(_number(row.get(key))) for _, key in AGENCY_COLUMNS] for row in table]
+    html = _table([name for name, _ in AGENCY_COLUMNS], rows, css="agencies agency-table")
+    return _folded(html, agencies=len(rows), fold=len(rows) > FOLD_ROWS)
+
+
+def _has_agency_table(runs: Runs) -> bool:
+    return any("agency_table" in results["plan"] for _, results in runs)
+
+
+def _agencies(runs: Runs) -> str:
+    """Each run's plan.agency_table (one table a run); older results: the day each came back."""
+    if not _has_agency_table(runs):
+        return _agencies_back(runs)
+    parts = []
+    for label, results in runs:
+        table = results["plan"].get("agency_table")
+        block = _agencies_back([(label, results)]) if table is None else _agency_table(table)
+        parts.append(f"<h3>{escape(label)}</h3>{block}" if len(runs) > 1 else block)
+    return "".join(parts)
+
+
+def _criteria(gate: Mapping[str, Any]) -> str:
+    """A gate's criteria as a line of text: "soak 5 business days · error rate ≤ 2% · ..."."""
+    parts, soak = [], int(gate.get("soak_days") or 0)
+    if soak:
+        parts.append(f"soak {soak} business day{'' if soak == 1 else 's'}")
+    criteria = gate.get("criteria") or {}
+    if criteria.get("max_error_rate") is not None:
+        parts.append(f"error rate \N{LESS-THAN OR EQUAL TO} {criteria['max_error_rate'] * 100:g}%")
+    if criteria.get("max_p99_ms") is not None:
+        parts.append(f"p99 \N{LESS-THAN OR EQUAL TO} {criteria['max_p99_ms']:,g} ms")
+    alerts = criteria.get("max_alerts")
+    if alerts is not None:
+        parts.append("no alerts" if alerts == 0 else f"\N{LESS-THAN OR EQUAL TO} {alerts} alerts")
+    if criteria.get("checks_passed"):
+        parts.append("all checks passed")
+    return " \N{MIDDLE DOT} ".join(parts) or "no criteria"
+
+
+#: A failed gate criterion, as results name it → as the report says it.
+FAILED_CRITERIA = {
+    "error_rate": "error rate",
+    "p99_ms": "p99",
+    "alerts": "alerts",
+    "checks": "checks",
+}
+
+
+def _evaluations(evaluations: Sequence[Mapping[str, Any]]) -> str:
+    """n passed / n failed, then how often each criterion failed."""
+    passed = sum(1 for e in evaluations if e["passed"])
+    text = escape(f"{passed} passed / {len(evaluations) - passed} failed")
+    counts: dict[str, int] = {}
+    for evaluation in evaluations:
+        for name in evaluation.get("failed", ()):
+            counts[name] = counts.get(name, 0) + 1
+    if counts:
+        failed = ", ".join(
+            f"{FAILED_CRITERIA.get(n, n)} \N{MULTIPLICATION SIGN}{k}" for n, k in counts.items()
+        )
+        text += f'<br><span class="muted">failed: {escape(failed)}</span>'
+    return text
+
+
+def _rollback(figures: Mapping[str, Any], gate: Mapping[str, Any]) -> str:
+    """What the gate's rollback rule did: agencies quarantined or sent to the fallback."""
+    taken = []
+    for key, what in (("quarantined", "quarantined"), ("fell_back", "fell back")):
+        codes = figures.get(key) or []
+        if codes:
+            more = ", \N{HORIZONTAL ELLIPSIS}" if len(codes) > 6 else ""
+            taken.append(f"{len(codes)} {what} ({', '.join(codes[:6])}{more})")
+    failures = any(not e["passed"] for e in gate.get("evaluations", ()))
+    text = "; ".join(taken) or ("paused" if failures else "none")
+    rule = escape(f"(on failure: {gate.get('on_failure', 'pause')})")
+    return f'{escape(text)} <span class="muted">{rule}</span>'
+
+
+def _gates(runs: Runs) -> str | None:
+    """One row per gated wave (a plan column when several runs); None when no wave has a gate."""
+    plan = len(runs) > 1
+    rows = []
+    for label, results in runs:
+        for wave, figures in results["agencies"]["waves"].items():
+            gate = figures.get("gate")
+            if not gate:
+                continue
+            passed = gate.get("passed")
+            rows.append(
+                [escape(label)] * plan
+                + [
+                    escape(wave),
+                    escape(_criteria(gate)),
+                    _evaluations(gate.get("evaluations", ())),
+                    escape(passed) if passed else '<span class="badge no">not passed</span>',
+                    _rollback(figures, gate),
+                ]
+            )
+    if not rows:
+        return None
+    head = ["plan"] * plan + ["wave", "criteria", "evaluations", "passed on", "rollback taken"]
+    return _table(head, rows, css="gates")
+
+
+def _when(value: str | None) -> str:
+    """An ISO date-time as "2015-05-20 09:00"; None is the end of the run."""
+    return "end of the run" if value is None else value.replace("T", " ")[:16]
+
+
+def _faults(runs: Runs) -> str | None:
+    """The injected faults (a plan column when several runs); None when there were none."""
+    plan = len(runs) > 1
+    rows = [
+        [escape(label)] * plan
+        + [
+            escape(str(f.get("key", ""))),
+            escape(f["kind"]),
+            escape(f["target"] or "\N{EN DASH}"),
+            escape(_when(f["start"])),
+            escape(_when(f["end"])),
+            escape(_number(f.get("affected"))),
+        ]
+        for label, results in runs
+        for f in results.get("faults") or ()
+    ]
+    if not rows:
+        return None
+    head = ["plan"] * plan + ["fault", "kind", "target", "from", "to", "exchanges affected"]
+    return _table(head, rows, css="faults")
 
 
 def _header(runs: Runs, title: str) -> str:
@@ -371,7 +678,8 @@ h2 { font-size: 16px; margin: 0 0 14px; padding-bottom: 8px; border-bottom: 2px 
   letter-spacing: 0.08em; text-transform: uppercase; }
 .lede { color: #52606d; margin: 0 0 16px; max-width: 62em; }
 header, section { background: #fff; border: 1px solid #e4e7eb; border-radius: 10px;
-  padding: 22px 26px; margin-bottom: 20px; box-shadow: 0 1px 3px rgba(15, 23, 42, 0.05); }
+  padding: 22px 26px; margin-bottom: 20px; box-shadow: 0 1px 3px rgba(15, 23, 42, 0.05);
+  overflow-x: auto; }
 .pair { display: grid; grid-template-columns: 1fr 1fr; gap: 20px; }
 figure { margin: 0 0 28px; }
 figure:last-child { margin-bottom: 0; }
@@ -384,7 +692,12 @@ th { text-align: left; font-weight: 600; color: #52606d; border-bottom: 1px soli
 td { padding: 5px 10px; border-bottom: 1px solid #eef0f3; vertical-align: top; }
 tbody tr:nth-child(even) td { background: #f9fafb; }
 table.numbers td:not(:first-child), table.numbers th:not(:first-child) { text-align: right; }
-table.meta td:not(:nth-child(2)), table.agencies td { white-space: nowrap; }
+table.meta td:first-child, table.agencies td { white-space: nowrap; }
+table.agency-table td:nth-last-child(-n+4), table.agency-table th:nth-last-child(-n+4),
+table.faults td:last-child, table.faults th:last-child { text-align: right; }
+table.gates td:nth-last-child(2), table.faults td { white-space: nowrap; }
+h3 { font-size: 14px; margin: 18px 0 8px; }
+.muted { color: #6b7280; font-size: 12px; }
 .badge { display: inline-block; min-width: 2.6em; text-align: center; border-radius: 999px;
   padding: 0 8px; font-size: 12px; font-weight: 600; }
 .badge.yes { background: #e3f4e8; color: #1e6b3a; }
@@ -411,13 +724,20 @@ def render_report(runs: Runs, *, title: str | None = None) -> str:
             f"<figcaption>{escape(caption)}</figcaption></figure>"
             for fid, chart, caption in CHARTS
         )
+    extra = (("Gates", _gates(runs)), ("Faults", _faults(runs)))
+    agencies = (
+        "Agencies: wave, day back, route and final state"
+        if _has_agency_table(runs)
+        else "Agencies named by the plan: the day each came back"
+    )
     overview = _section("Summary", _summary(runs)) + _section("Gateway message log", _gateway(runs))
     body = (
         (f'<div class="pair">{overview}</div>' if len(runs) == 1 else overview)
         + _section("Charts", figures)
+        + "".join(_section(name, table) for name, table in extra if table is not None)
         + _section("Calibration against the source report (U4 Report 2015:2)", _calibration(runs))
         + _section("Expectations", _expectations(runs))
-        + _section("Agencies named by the plan: the day each came back", _agencies(runs))
+        + _section(agencies, _agencies(runs))
     )
     csp = "default-src 'none'; style-src 'unsafe-inline'"
     return (

@@ -270,6 +270,25 @@ def _check(
             held=peak <= expectation.at_most,
             detail=f"backlog peaked at {peak} requests (at most {expectation.at_most:g})",
         )
+    if kind == "exposure":
+        assert expectation.at_most is not None
+        seconds = outcome.exposure_seconds
+        return ExpectationResult(
+            kind=kind,
+            key=expectation.key,
+            held=seconds <= expectation.at_most,
+            detail=f"distrusted keys were usable for {seconds:,.0f} s "
+            f"(at most {expectation.at_most:g})",
+        )
+    if kind == "gate-failures":
+        assert expectation.at_most is not None
+        return ExpectationResult(
+            kind=kind,
+            key=expectation.key,
+            held=outcome.gate_failures <= expectation.at_most,
+            detail=f"{outcome.gate_failures} gate evaluations failed "
+            f"(at most {expectation.at_most:g})",
+        )
     return ExpectationResult(kind=kind, key=expectation.key, held=False, detail="unknown kind")
 
 
@@ -314,9 +333,8 @@ def _monthly(samples: list[DaySample]) -> list[dict[str, Any]]:
 
 
 def _plan_figures(scenario: Scenario, outcome: SimulationOutcome) -> dict[str, Any]:
-    """How far the plan got: agencies back, when the last one came back."""
-    named = {code for wave in scenario.plan.waves for code in wave.agencies}
-    named.update(scenario.plan.fallback)
+    """How far the plan got: agencies back, when the last one came back, what it cost."""
+    named = set(outcome.plan_agencies)
     back = {code: day for code, day in outcome.back.items() if code in named}
     complete = bool(named) and len(back) == len(named)
     last = max(back.values()) if complete else None
@@ -328,8 +346,49 @@ def _plan_figures(scenario: Scenario, outcome: SimulationOutcome) -> dict[str, A
         "days_to_full_reconnection": (last - start).days if last else None,
         "fallback_answers": outcome.fallback_answers,
         "check_failures": outcome.check_failures,
+        "gate_failures": outcome.gate_failures,
+        "exposure_seconds": round(outcome.exposure_seconds, 3),
         "agencies_back": {code: back[code].isoformat() for code in sorted(back)},
+        "agency_table": _agency_table(scenario, outcome),
     }
+
+
+def _agency_table(scenario: Scenario, outcome: SimulationOutcome) -> list[dict[str, Any]]:
+    """One row per agency the plan named or chose: where it went and what its users saw."""
+    requests: Counter[str] = Counter()
+    late: Counter[str] = Counter()
+    never: Counter[str] = Counter()
+    for request in outcome.requests:
+        if request.group is not Group.CENTRAL or request.institution not in outcome.plan_agencies:
+            continue
+        requests[request.institution] += 1
+        if request.deadline <= scenario.end and not request.in_time:
+            if request.answered is None:
+                never[request.institution] += 1
+            else:
+                late[request.institution] += 1
+    rows = []
+    for code in sorted(outcome.plan_agencies):
+        state = outcome.final_states.get(code)
+        day = outcome.back.get(code)
+        route = None
+        if day is not None:
+            route = "direct" if state == "direct" else "gateway"
+        rows.append(
+            {
+                "code": code,
+                "kind": scenario.world.kind_of(code),
+                "wave": outcome.plan_agencies[code],
+                "back": day.isoformat() if day else None,
+                "route": route,
+                "state": state,
+                "check_failures": outcome.agency_check_failures.get(code, 0),
+                "requests": requests[code],
+                "answered_late": late[code],
+                "never_answered": never[code],
+            }
+        )
+    return rows
 
 
 def build_results(
@@ -396,6 +455,7 @@ def build_results(
             "backlog_peak": max((s.backlog for s in outcome.samples), default=0),
         },
         "plan": _plan_figures(scenario, outcome),
+        "faults": outcome.faults,
         "timeline": outcome.timeline,
         "calibration": [row.as_dict() for row in calibration],
         "expectations": [c.as_dict() for c in checks],

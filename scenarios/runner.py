@@ -47,8 +47,12 @@ def run_scenario(
     *,
     wall_clock: Callable[[], float],
     progress: Callable[[dt.date], None] | None = None,
+    prepare: Callable[[Simulation], None] | None = None,
 ) -> RunOutput:
-    """Simulate ``scenario``; ``wall_clock`` (seconds) only times the run for the report."""
+    """Simulate ``scenario``; ``wall_clock`` (seconds) only times the run for the report.
+
+    ``prepare`` sees the simulation before it starts (a test of a defence turns it off).
+    """
     out_dir.mkdir(parents=True, exist_ok=True)
     log_path = out_dir / "log.db"
     for stale in (log_path, log_path.with_name("log.db-wal"), log_path.with_name("log.db-shm")):
@@ -59,6 +63,8 @@ def run_scenario(
 
         async def main(clock: LoopClock) -> tuple[SimulationOutcome, Simulation]:
             simulation = Simulation(scenario, clock, log_store=store, progress=progress)
+            if prepare is not None:
+                prepare(simulation)
             return await simulation.run(), simulation
 
         outcome, simulation = run_virtual(main, epoch=epoch(scenario.start))

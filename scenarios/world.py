@@ -8,8 +8,10 @@ and the clock virtual. Keys, serial numbers and message ids derive from the seed
 
 from __future__ import annotations
 
+import json
+import random
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
@@ -22,9 +24,11 @@ from gateway.clock import Clock, SeededRandomness
 from gateway.log import LogStore, MessageLog
 from gateway.memory import gateway_handler
 from gateway.pipeline import Limits
+from gateway.protocol import HEADER_SIGNATURE, b64url_decode
 from gateway.registry import Agency, AgencyKind, ConnectionState, Grant, Registry
 from gateway.service import Gateway, GatewayConfig
-from gateway.transport import MemoryTransport
+from gateway.toxics import ToxicTransport
+from gateway.transport import MemoryTransport, WireRequest, header_value
 from gateway.trust import CertificateAuthority, TrustStore, generate_key
 from pasarela.runtime import directory_from_trust
 
@@ -49,10 +53,14 @@ class Plumbing:
     gateway: Gateway
     admin: Admin
     transport: MemoryTransport
+    #: What every party sends through: the in-memory routes behind the link faults.
+    network: ToxicTransport
     agencies_host: AgencyHost
     portal_host: AgencyHost
     ca_certificate: x509.Certificate
     connectors: dict[str, Connector]
+    #: Parties whose clocks are off (the clock-skew fault): code -> their clock.
+    clocks: dict[str, Clock] = field(default_factory=dict)
     _directory: Directory | None = None
     _directory_revision: int = -1
 
@@ -71,8 +79,8 @@ class Plumbing:
         connector = Connector(
             identity=identity,
             gateway_url=GATEWAY_URL,
-            transport=self.transport,
-            clock=self.clock,
+            transport=self.network,
+            clock=self.clocks.get(identity.code, self.clock),
             randomness=self.randomness,
             retry=RetryPolicy(attempts=2, base_delay=1.0, max_delay=5.0),
             ca_certificate=self.ca_certificate,
@@ -87,8 +95,8 @@ class Plumbing:
             code=code,
             new_key=key,
             gateway_url=GATEWAY_URL,
-            transport=self.transport,
-            clock=self.clock,
+            transport=self.network,
+            clock=self.clocks.get(code, self.clock),
         )
 
 
@@ -135,13 +143,14 @@ def build_plumbing(
     registry.grant(Grant(client="*", provider=PORTAL, service="ati.answer"))
     registry.grant(Grant(client="*", provider="*", service="ping"))
     transport = MemoryTransport()
+    network = ToxicTransport(transport, link_of=link_of, rng=random.Random(f"{seed}:toxics"))
     gateway = Gateway(
         config=GatewayConfig(code=gateway_code, limits=UNTHROTTLED),
         key=gateway_key,
         trust=trust,
         registry=registry,
         log=MessageLog(log_store),
-        transport=transport,
+        transport=network,
         clock=clock,
         randomness=randomness,
     )
@@ -154,6 +163,7 @@ def build_plumbing(
         gateway=gateway,
         admin=admin,
         transport=transport,
+        network=network,
         agencies_host=None,  # type: ignore[arg-type]  # set just below: the hosts need plumbing
         portal_host=None,  # type: ignore[arg-type]
         ca_certificate=ca.certificate,
@@ -177,3 +187,25 @@ def build_plumbing(
     transport.mount(AGENCIES_URL, plumbing.agencies_host.handle)
     transport.mount(PORTAL_URL, plumbing.portal_host.handle)
     return plumbing
+
+
+def link_of(request: WireRequest) -> str | None:
+    """The party whose link with the gateway ``request`` travels on.
+
+    Deliveries name the receiver in their URL; messages to the gateway name their sender
+    in the signed token's ``iss`` (read, not verified: the gateway verifies it).
+    """
+    url = request.url
+    if url.startswith(PORTAL_URL):
+        return PORTAL
+    if url.startswith(AGENCIES_URL):
+        return url.removeprefix(f"{AGENCIES_URL}/agencies/").split("/", 1)[0]
+    token = header_value(request.headers, HEADER_SIGNATURE)
+    if token is None:
+        return None
+    try:
+        claims = json.loads(b64url_decode(token.split(".")[1]))
+    except (ValueError, IndexError):
+        return None
+    issuer = claims.get("iss") if isinstance(claims, dict) else None
+    return issuer if isinstance(issuer, str) else None

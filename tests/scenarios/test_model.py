@@ -144,7 +144,9 @@ def test_default_scenario_loads() -> None:
     assert scenario.growth.count_at("municipalities_on_portal", dt.date(2015, 7, 31)) == 283
     pilot = scenario.plan.waves[0]
     assert (pilot.name, len(pilot.agencies)) == ("pilot", 17)
-    assert scenario.plan.waves[0].start.month == 5
+    start = scenario.plan.waves[0].start
+    assert start is not None
+    assert start.month == 5
 
 
 def test_minimal_file_loads() -> None:
@@ -733,6 +735,7 @@ DOC_SECTIONS = {
     "incident": "## `[incident]`",
     "plan": "## `[plan]`",
     "plan.waves": "## `[plan]`",
+    "selector": "## Selectors",
     "expect": "## `[[expect]]`",
 }
 
