@@ -7,7 +7,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 
-.PHONY: demo live-demo test lint typecheck unit browser bench bench-sim clean
+.PHONY: demo live-demo test lint typecheck unit browser bench bench-sim fuzz clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -42,6 +42,10 @@ bench: $(STAMP)
 
 bench-sim: $(STAMP)
 	$(BIN)/python bench/sim_scale.py
+
+# Long fuzzing of the HTTP app (5000 examples per property, several minutes); not in `test`.
+fuzz: $(STAMP)
+	PASARELA_FUZZ_PROFILE=fuzz $(BIN)/pytest -q tests/gateway/test_security_fuzz.py tests/gateway/test_http_fuzz.py
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache .hypothesis out

@@ -140,7 +140,7 @@ class Refused(ConnectorError):
         """Read a problem+json answer; a non-problem error gets code ``http-<status>``."""
         try:
             parsed = json.loads(response.body)
-        except (ValueError, UnicodeDecodeError):
+        except (ValueError, UnicodeDecodeError, RecursionError):
             parsed = None
         problem: Mapping[str, Any] = parsed if isinstance(parsed, dict) else {}
         kind, detail = problem.get("type"), problem.get("detail")
@@ -280,7 +280,7 @@ def verify_conf(
         document = json.loads(body)
     except ProtocolError as exc:
         raise VerificationFailed("conf", exc.detail, code=exc.code) from exc
-    except (ValueError, UnicodeDecodeError) as exc:
+    except (ValueError, UnicodeDecodeError, RecursionError) as exc:
         raise VerificationFailed("conf", f"body is not JSON: {exc}") from exc
     if not isinstance(document, dict):
         raise VerificationFailed("conf", "body is not a JSON object")

@@ -8,7 +8,7 @@ call these functions.
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import structlog
@@ -22,7 +22,7 @@ from gateway.protocol import (
     b64url_encode,
     body_digest,
 )
-from gateway.registry import ConnectionState, StateChange, StateEvent
+from gateway.registry import ConnectionState, RegistryError, StateChange, StateEvent
 from gateway.service import Gateway
 from gateway.trust import Enrolment, KeyRecord, csr_agency
 
@@ -72,8 +72,28 @@ class Admin:
     ) -> ActionResult:
         """Move one agency through the transition table (raises IllegalTransition)."""
         change = self.gateway.registry.apply(code, event, actor=actor, reason=reason)
+        if event in (StateEvent.RELEASE, StateEvent.QUARANTINE):
+            self.gateway.detector.forget(code)  # counted afresh from here
         return await self._record(
             actor=actor, action=event.value, reason=reason, **self._change(change)
+        )
+
+    async def move_endpoint(
+        self, code: str, endpoint: str, *, actor: str, reason: str
+    ) -> ActionResult:
+        """Point the gateway at another URL for ``code`` (an agency moved its system)."""
+        registry = self.gateway.registry
+        agency = registry.require(code)
+        if not endpoint.startswith(("http://", "https://")) or len(endpoint) > 500:
+            raise RegistryError(f"endpoint must be an http(s) URL, got {endpoint[:80]!r}")
+        registry.add(replace(agency, endpoint=endpoint))
+        return await self._record(
+            actor=actor,
+            action="move-endpoint",
+            reason=reason,
+            agency=code,
+            before=agency.endpoint,
+            endpoint=endpoint,
         )
 
     async def disconnect_all(self, *, actor: str, reason: str) -> ActionResult:

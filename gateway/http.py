@@ -114,9 +114,14 @@ async def post_message(request: web.Request) -> web.Response:
             reason=ProblemCode.MALFORMED,
             detail=f"Content-Encoding {encoding[:40]!r} not accepted; send the body as is",
         )
-        return _render(await gateway.refuse(refusal))
+        response = _render(await gateway.refuse(refusal, source=request.remote or ""))
+        # The body was not read (it cannot be, as is): the connection cannot be reused.
+        response.force_close()
+        return response
     body = await _read_body(request, gateway.config.limits.max_body)
-    wire = WireRequest(url=request.path, headers=_wire_headers(request), body=body)
+    wire = WireRequest(
+        url=request.path, headers=_wire_headers(request), body=body, peer=request.remote or ""
+    )
     return _render(await gateway.relay(wire))
 
 
@@ -171,6 +176,8 @@ async def _json_object(request: web.Request) -> dict[str, Any]:
         value = json.loads(raw)
     except (ValueError, UnicodeDecodeError) as exc:
         raise _InvalidRequestError(ProblemCode.INVALID_REQUEST, f"body is not JSON: {exc}") from exc
+    except RecursionError as exc:
+        raise _InvalidRequestError(ProblemCode.INVALID_REQUEST, "body nested too deeply") from exc
     if not isinstance(value, dict):
         raise _InvalidRequestError(ProblemCode.INVALID_REQUEST, "body must be a JSON object")
     return value
@@ -202,7 +209,9 @@ async def post_enrolment(request: web.Request) -> web.Response:
         enrolment = await request.app[ADMIN_KEY].submit_enrolment(csr)
     except DistrustedKeyError as exc:
         code = ProblemCode.REVOKED_KEY if exc.revoked else ProblemCode.SUPERSEDED_KEY
-        return await _refuse_request(gateway, request, code, str(exc), kind="enrolment-rejection")
+        return await _refuse_request(
+            gateway, request, code, str(exc), kind="enrolment-rejection", agency=exc.agency
+        )
     except (TrustError, RegistryError) as exc:
         return await _refuse_request(
             gateway, request, ProblemCode.INVALID_REQUEST, str(exc), kind="enrolment-rejection"
@@ -274,8 +283,13 @@ async def _refuse_request(
     detail: str,
     *,
     kind: str = "admin-rejection",
+    agency: str = "",
 ) -> web.Response:
-    """Log a refused admin or enrolment request durably, then answer problem+json."""
+    """Log a refused admin or enrolment request durably, then answer problem+json.
+
+    Requests without a valid operator token and CSRs for distrusted keys are also alerts
+    (naming ``agency``, never counting against it: anybody can send those).
+    """
     record = gateway.log.append(
         LogEntry(
             kind=kind,
@@ -285,6 +299,15 @@ async def _refuse_request(
     )
     gateway.metrics.messages.labels("rejected", code.value).inc()
     _log.info("admin_refused", seq=record.seq, path=request.path, reason=code.value, detail=detail)
+    if code in (ProblemCode.UNAUTHENTICATED, ProblemCode.SUPERSEDED_KEY, ProblemCode.REVOKED_KEY):
+        await gateway.alert(
+            kind=code.value,
+            agency=agency,
+            attributed=False,
+            detail=f"{request.method} {request.path[:200]}: {detail}",
+            source=request.remote or "",
+            refusal=record.seq,
+        )
     await gateway.log.sync(record.seq)
     return _problem(code, detail)
 
@@ -348,6 +371,48 @@ async def _list_enrolments(
     }
 
 
+async def _agency(
+    request: web.Request, admin: Admin, operator: str, body: dict[str, Any]
+) -> dict[str, Any]:
+    agency = admin.gateway.registry.require(_code(request))
+    return {
+        "code": agency.code,
+        "name": agency.name,
+        "kind": agency.kind.value,
+        "state": agency.state.value,
+        "endpoint": agency.endpoint,
+        "services": sorted(agency.services),
+    }
+
+
+async def _move_endpoint(
+    request: web.Request, admin: Admin, operator: str, body: dict[str, Any]
+) -> dict[str, Any]:
+    endpoint = body.get("endpoint")
+    if not isinstance(endpoint, str):
+        raise _InvalidRequestError(ProblemCode.INVALID_REQUEST, 'body must hold "endpoint": URL')
+    result = await admin.move_endpoint(
+        _code(request), endpoint, actor=operator, reason=_reason(body)
+    )
+    return {"action": result.action, "seq": result.seq, **result.detail}
+
+
+async def _alerts(
+    request: web.Request, admin: Admin, operator: str, body: dict[str, Any]
+) -> dict[str, Any]:
+    """The alert feed: ``?after=ID`` for the ones after an id, ``?limit=N`` (at most 1000)."""
+    try:
+        after = int(request.query.get("after", "0"))
+        limit = min(1000, max(1, int(request.query.get("limit", "100"))))
+    except ValueError as exc:
+        raise _InvalidRequestError(
+            ProblemCode.INVALID_REQUEST, "after and limit are integers"
+        ) from exc
+    detector = admin.gateway.detector
+    alerts = detector.recent(after=after, limit=limit)
+    return {"alerts": [a.as_dict() for a in alerts], "last": detector.last_id}
+
+
 async def _approve(
     request: web.Request, admin: Admin, operator: str, body: dict[str, Any]
 ) -> dict[str, Any]:
@@ -396,5 +461,8 @@ def create_app(
     app.router.add_post(f"{admin}/certificates/{{kid}}/revoke", admin_route(_revoke))
     app.router.add_post(f"{admin}/generations", admin_route(_open_generation))
     app.router.add_get(f"{admin}/enrolments", admin_route(_list_enrolments))
+    app.router.add_get(f"{admin}/alerts", admin_route(_alerts))
+    app.router.add_get(f"{admin}/agencies/{{code}}", admin_route(_agency))
+    app.router.add_post(f"{admin}/agencies/{{code}}/endpoint", admin_route(_move_endpoint))
     app.router.add_post(f"{admin}/enrolments/{{id}}/approve", admin_route(_approve))
     return app

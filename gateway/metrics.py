@@ -30,6 +30,12 @@ class GatewayMetrics:
             ["action"],
             registry=self.registry,
         )
+        self.alerts = Counter(
+            "pasarela_security_alerts",
+            "Security alerts raised, by kind (a problem code, or auto-quarantine).",
+            ["kind"],
+            registry=self.registry,
+        )
         self.agencies = Gauge(
             "pasarela_agencies",
             "Agencies in the registry, by connection state.",

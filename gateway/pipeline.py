@@ -10,6 +10,10 @@ size, header presence, JOSE header (alg pinning, forbidden headers, typ), key lo
 ``kid``, signature, key/agency binding, revocation, generation, claims shape, ``exp`` and
 ``iat`` with leeway, body digest, replay or idempotent retry, receiver known, both
 parties connected, access right, rate limit.
+
+A refusal names a ``culprit`` only when the token verifies with its signer's current key
+and the fault cannot be someone else's (a replayed, expired or tampered-in-transit
+message can be sent by anyone who saw it): detection counts only those against an agency.
 """
 
 from __future__ import annotations
@@ -112,6 +116,9 @@ class Decision:
     retry_after: float | None = None
     #: Unverified claims read from a refused token, for the log only (never for routing).
     claimed: Mapping[str, str] | None = None
+    #: The agency whose current key signed a refused message when the refusal is its own
+    #: doing (only such anomalies may count against an agency: naming it proves nothing).
+    culprit: str | None = None
 
     @property
     def accepted(self) -> bool:
@@ -126,6 +133,7 @@ def _reject(
     claimed: Mapping[str, str] | None = None,
     retry_after: float | None = None,
     bucket: Bucket | None = None,
+    culprit: str | None = None,
 ) -> Decision:
     return Decision(
         verdict=Verdict.REJECT,
@@ -135,6 +143,7 @@ def _reject(
         claimed=claimed,
         retry_after=retry_after,
         bucket=bucket,
+        culprit=culprit,
     )
 
 
@@ -185,22 +194,27 @@ def decide(signature: str | None, body: bytes, ctx: Context) -> Decision:
         return _reject(ProblemCode.UNKNOWN_KEY, "kid is not a certified key", claimed=claimed)
     if not signature_valid(parsed, key.public_key):
         return _reject(ProblemCode.BAD_SIGNATURE, "signature does not verify", claimed=claimed)
+    key_problem = _key_problem(key, ctx.trust, ctx.now)
+    # From here on the token is signed by a key its owner still holds as current: what is
+    # wrong with it is the owner's doing (a replay, an old or tampered body may not be).
+    owner = key.agency if key_problem is None else None
     if claimed.get("iss") != key.agency:
         return _reject(
             ProblemCode.SENDER_MISMATCH,
             f"iss {claimed.get('iss')!r} does not own the key (owner {key.agency})",
             claimed=claimed,
+            culprit=owner,
         )
-    key_problem = _key_problem(key, ctx.trust, ctx.now)
     if key_problem is not None:
         return _reject(*key_problem, claimed=claimed)
     try:
         claims = message_claims(parsed)
     except ProtocolError as exc:
-        return _reject(exc.code, exc.detail, claimed=claimed)
+        return _reject(exc.code, exc.detail, claimed=claimed, culprit=owner)
     time_problem = _time_problem(claims, ctx.now, ctx.limits.leeway)
     if time_problem is not None:
-        return _reject(*time_problem, claims=claims)
+        culprit = owner if time_problem[0] is ProblemCode.CLOCK_SKEW else None
+        return _reject(*time_problem, claims=claims, culprit=culprit)
     if body_digest(body) != claims.bh:
         return _reject(
             ProblemCode.BODY_DIGEST_MISMATCH, "bh is not the body's SHA-256", claims=claims
@@ -213,17 +227,26 @@ def decide(signature: str | None, body: bytes, ctx: Context) -> Decision:
     sender = ctx.registry.get(claims.iss)
     receiver = ctx.registry.get(claims.aud)
     if receiver is None:
-        return _reject(ProblemCode.UNKNOWN_RECEIVER, f"no agency {claims.aud}", claims=claims)
+        return _reject(
+            ProblemCode.UNKNOWN_RECEIVER, f"no agency {claims.aud}", claims=claims, culprit=owner
+        )
     for party in (sender, receiver):
         if party is None or party.state is not ConnectionState.CONNECTED:
             state = party.state.value if party else "unknown"
             who = party.code if party else claims.iss
-            return _reject(ProblemCode.AGENCY_DISCONNECTED, f"{who} is {state}", claims=claims)
+            culprit = owner if party is sender else None
+            return _reject(
+                ProblemCode.AGENCY_DISCONNECTED,
+                f"{who} is {state}",
+                claims=claims,
+                culprit=culprit,
+            )
     if not ctx.registry.may_call(claims.iss, claims.aud, claims.svc):
         return _reject(
             ProblemCode.NOT_AUTHORIZED,
             f"{claims.iss} may not call {claims.aud}/{claims.svc}",
             claims=claims,
+            culprit=owner,
         )
     bucket, wait = take_token(
         ctx.buckets.get(claims.iss),
@@ -238,6 +261,7 @@ def decide(signature: str | None, body: bytes, ctx: Context) -> Decision:
             claims=claims,
             retry_after=wait,
             bucket=bucket,
+            culprit=owner,
         )
     return Decision(verdict=Verdict.ACCEPT, claims=claims, key=key, bucket=bucket)
 

@@ -272,6 +272,8 @@ def _json_object(segment: str, what: str) -> dict[str, Any]:
         value = _STRICT_JSON.decode(raw.decode("utf-8"))
     except (ValueError, UnicodeDecodeError) as exc:
         raise ProtocolError(ProblemCode.MALFORMED, f"{what} is not base64url JSON: {exc}") from exc
+    except RecursionError as exc:  # nesting deeper than the parser goes: hostile, not a 5xx
+        raise ProtocolError(ProblemCode.MALFORMED, f"{what} is nested too deeply") from exc
     if not isinstance(value, dict):
         raise ProtocolError(ProblemCode.MALFORMED, f"{what} is not a JSON object")
     return value

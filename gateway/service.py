@@ -13,12 +13,13 @@ import heapq
 import json
 import math
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import structlog
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from gateway.clock import Clock, Randomness
+from gateway.detection import ALERT_CODES, AUTO_QUARANTINE, Alert, DetectionPolicy, Detector
 from gateway.log import JSONValue, LogEntry, LogRecord, MessageLog
 from gateway.metrics import GatewayMetrics
 from gateway.pipeline import Bucket, Context, Decision, Limits, Verdict, decide, decide_response
@@ -33,7 +34,7 @@ from gateway.protocol import (
     problem_document,
     sign_token,
 )
-from gateway.registry import Registry
+from gateway.registry import ConnectionState, Registry, StateEvent
 from gateway.transport import (
     Transport,
     TransportError,
@@ -53,6 +54,7 @@ class GatewayConfig:
     code: str = "PASARELA"
     limits: Limits = field(default_factory=Limits)
     forward_timeout: float = 10.0
+    detection: DetectionPolicy = field(default_factory=DetectionPolicy)
 
 
 def problem_response(
@@ -64,6 +66,16 @@ def problem_response(
         headers["Retry-After"] = str(max(1, math.ceil(retry_after)))
     body = json.dumps(problem_document(code, detail, jti=jti)).encode()
     return WireResponse(status=code.status, headers=headers, body=body)
+
+
+def _named(decision: Decision, *, response: bool) -> str:
+    """The agency an alert names: the culprit, else the claimed sender (the receiver, for a
+    bad answer). Naming is not blaming: only ``culprit`` counts against it."""
+    if decision.culprit is not None:
+        return decision.culprit
+    if decision.claims is not None:
+        return decision.claims.aud if response else decision.claims.iss
+    return (decision.claimed or {}).get("iss", "")
 
 
 def _claims_fields(claims: MessageClaims) -> dict[str, JSONValue]:
@@ -112,6 +124,7 @@ class Gateway:
         self._seen: dict[tuple[str, str], _Seen] = {}
         self._expiry: list[tuple[int, str, str]] = []
         self._buckets: dict[str, Bucket] = {}
+        self.detector = Detector(config.detection)
         self.key_record = self._own_key()
 
     def _own_key(self) -> KeyRecord:
@@ -144,7 +157,7 @@ class Gateway:
         if decision.verdict is Verdict.RETRY:
             return await self._retried(decision, request)
         if decision.verdict is Verdict.REJECT:
-            response = await self.refuse(decision, kind="rejection")
+            response = await self.refuse(decision, kind="rejection", source=request.peer)
         else:
             content_type = header_value(request.headers, "Content-Type") or "application/json"
             response = await self._deliver(
@@ -248,8 +261,10 @@ class Gateway:
         )
         return await self.refuse(decision, kind="delivery-failure")
 
-    async def refuse(self, decision: Decision, *, kind: str = "rejection") -> WireResponse:
-        """Log a refusal durably and render it as problem+json."""
+    async def refuse(
+        self, decision: Decision, *, kind: str = "rejection", source: str = ""
+    ) -> WireResponse:
+        """Log a refusal durably (and the alert it raises) and render it as problem+json."""
         assert decision.reason is not None
         fields: dict[str, JSONValue] = {}
         if decision.claims is not None:
@@ -263,10 +278,87 @@ class Gateway:
         self.metrics.messages.labels("rejected", decision.reason.value).inc()
         self.metrics.log_seq.set(record.seq)
         _log.info("message_refused", seq=record.seq, kind=kind, **fields)
+        if decision.reason in ALERT_CODES:
+            await self.alert(
+                kind=decision.reason.value,
+                agency=_named(decision, response=kind == "response-rejection"),
+                attributed=decision.culprit is not None,
+                detail=decision.detail,
+                source=source,
+                refusal=record.seq,
+            )
         await self.log.sync(record.seq)
         jti = decision.claims.jti if decision.claims else None
         return problem_response(
             decision.reason, decision.detail, jti=jti, retry_after=decision.retry_after
+        )
+
+    async def alert(
+        self,
+        *,
+        kind: str,
+        agency: str,
+        attributed: bool,
+        detail: str,
+        source: str = "",
+        refusal: int | None = None,
+    ) -> Alert:
+        """Raise a security alert: log record, metric, feed; quarantine past a threshold."""
+        detector = self.detector
+        alert = detector.new_alert(
+            at=self.clock.now(),
+            kind=kind,
+            agency=agency,
+            attributed=attributed,
+            detail=detail,
+            source=source,
+        )
+        fields: dict[str, JSONValue] = {
+            "alert": alert.id,
+            "alert_kind": kind,
+            "agency": agency,
+            "attributed": attributed,
+            "detail": alert.detail,
+            "source": source,
+        }
+        if refusal is not None:
+            fields["refusal"] = refusal
+        record = self.log.append(LogEntry(kind="alert", at=alert.at, fields=fields))
+        alert = replace(alert, seq=record.seq)
+        detector.publish(alert)
+        self.metrics.alerts.labels(kind).inc()
+        _log.warning("security_alert", seq=record.seq, **fields)
+        if detector.crossed(alert):
+            await self._quarantine(alert)
+        return alert
+
+    async def _quarantine(self, cause: Alert) -> None:
+        """The automatic quarantine: the agency's own key crossed a threshold."""
+        agency = self.registry.get(cause.agency)
+        if agency is None or agency.state not in (
+            ConnectionState.CONNECTED,
+            ConnectionState.VERIFIED,
+        ):
+            return
+        reason = f"{cause.kind} past the detection threshold"
+        self.registry.apply(agency.code, StateEvent.QUARANTINE, actor="detector", reason=reason)
+        fields: dict[str, JSONValue] = {
+            "actor": "detector",
+            "action": AUTO_QUARANTINE,
+            "reason": reason,
+            "agency": agency.code,
+            "from": agency.state.value,
+            "to": ConnectionState.QUARANTINED.value,
+        }
+        record = self.log.append(LogEntry(kind="admin", at=self.clock.now(), fields=fields))
+        self.persist()
+        self.metrics.admin_actions.labels(AUTO_QUARANTINE).inc()
+        self.detector.forget(agency.code)
+        await self.alert(
+            kind=AUTO_QUARANTINE,
+            agency=agency.code,
+            attributed=True,
+            detail=f"quarantined (log record {record.seq}): {reason}",
         )
 
     def sign(self, claims: Mapping[str, object], *, typ: str) -> str:

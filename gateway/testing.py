@@ -18,6 +18,7 @@ from aiohttp import web
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
 from gateway.clock import EPOCH_2015, ManualClock, SeededRandomness
+from gateway.detection import DetectionPolicy
 from gateway.http import create_app
 from gateway.log import LogRecord, MessageLog
 from gateway.operators import mint_operator_token
@@ -185,6 +186,7 @@ def make_gateway(
     start: float = EPOCH_2015,
     limits: Limits | None = None,
     gateway_code: str = "PASARELA",
+    detection: DetectionPolicy | None = None,
 ) -> GatewayWorld:
     """Build a connected in-memory world: every agency offers ``ping`` and may call any ``ping``."""
     clock = ManualClock(start)
@@ -213,7 +215,11 @@ def make_gateway(
     store = MemoryLogStore()
     transport = MemoryTransport()
     gateway = Gateway(
-        config=GatewayConfig(code=gateway_code, limits=limits or Limits()),
+        config=GatewayConfig(
+            code=gateway_code,
+            limits=limits or Limits(),
+            detection=detection or DetectionPolicy(),
+        ),
         key=gateway_key,
         trust=trust,
         registry=registry,
@@ -245,7 +251,7 @@ def make_gateway(
             to=claims["iss"],
             service=claims["svc"],
             body=request.body,
-            jti=f"re-{claims['jti']}",
+            jti=f"re-{claims['jti']}"[:128],  # a jti is at most 128 characters
             corr=claims["jti"],
             now=clock.now(),
         )

@@ -37,6 +37,7 @@ class WireRequest:
     url: str
     headers: Mapping[str, str] = field(default_factory=dict)
     body: bytes = b""
+    peer: str = ""  # the sender's address, when a server received it (alerts name it)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

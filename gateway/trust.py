@@ -16,7 +16,7 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 from cryptography import x509
-from cryptography.exceptions import InvalidSignature
+from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 from cryptography.x509.oid import NameOID
@@ -100,11 +100,14 @@ def csr_agency(csr_pem: str) -> str:
     """The agency a PEM CSR asks for, once its signature, key type and subject check out."""
     try:
         csr = x509.load_pem_x509_csr(csr_pem.encode("ascii"))
-    except (ValueError, UnicodeEncodeError) as exc:
+        key = csr.public_key()
+        signed = csr.is_signature_valid
+    except (ValueError, UnicodeEncodeError, UnsupportedAlgorithm, x509.InvalidVersion) as exc:
+        # Whatever the x509 library cannot read is the sender's mistake, never a 5xx.
         raise TrustError(f"not a PEM CSR: {exc}") from exc
-    if not isinstance(csr.public_key(), Ed25519PublicKey):
+    if not isinstance(key, Ed25519PublicKey):
         raise TrustError("CSR key is not Ed25519")
-    if not csr.is_signature_valid:
+    if not signed:
         raise TrustError("CSR signature does not verify")
     cn = csr.subject.get_attributes_for_oid(NameOID.COMMON_NAME)
     agency = str(cn[0].value) if cn else ""

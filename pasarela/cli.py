@@ -54,6 +54,39 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--host", default="127.0.0.1")
     serve.add_argument("--port", type=int, default=8700)
     serve.add_argument("--rate", type=float, default=100.0, help="messages/s per agency")
+    serve.add_argument(
+        "--quarantine-after",
+        type=int,
+        default=20,
+        metavar="N",
+        help="quarantine an agency after N anomalies signed by its own key in the window "
+        "(default 20; 0: never)",
+    )
+    serve.add_argument(
+        "--flood-after",
+        type=int,
+        default=200,
+        metavar="N",
+        help="quarantine an agency after N rate-limit refusals in the window "
+        "(default 200; 0: never)",
+    )
+    serve.add_argument(
+        "--alert-window", type=float, default=60.0, metavar="S", help="detection window (60 s)"
+    )
+    serve.add_argument(
+        "--header-timeout",
+        type=float,
+        default=10.0,
+        metavar="S",
+        help="close a connection whose request headers take longer (default 10 s: slowloris)",
+    )
+    serve.add_argument(
+        "--max-connections-per-ip",
+        type=int,
+        default=64,
+        metavar="N",
+        help="open connections one address may hold (default 64)",
+    )
     serve.add_argument("--burst", type=float, default=200.0, help="token-bucket burst per agency")
 
     agents = commands.add_parser("agents", help="the agency host")
@@ -114,6 +147,27 @@ def _add_rehearsal_parsers(commands: argparse._SubParsersAction[argparse.Argumen
         metavar="KEY=VALUE",
         help="set a key (TOML value) without editing the file, e.g. plan.waves[0].agencies=25",
     )
+
+    attack = commands.add_parser(
+        "attack", help="run adversary profiles against a live gateway; print a scorecard"
+    )
+    attack.add_argument(
+        "--profile",
+        default=None,
+        metavar="NAME|all|FILE",
+        help="a shipped profile (scenarios/library/attacks/), all, or a profile file",
+    )
+    attack.add_argument("--gateway", default="http://127.0.0.1:8700", metavar="URL")
+    attack.add_argument("--state", type=Path, metavar="STATE_DIR", help="keys of the lab")
+    attack.add_argument(
+        "--out", type=Path, default=Path("."), help="attack-results.json and .xml go here (.)"
+    )
+    attack.add_argument(
+        "--allow-destructive",
+        action="store_true",
+        help="also run techniques that change the gateway for good (a new key generation)",
+    )
+    attack.add_argument("--list", action="store_true", help="list profiles and techniques")
 
     plan = commands.add_parser("plan", help="reconnection plans")
     plan_commands = plan.add_subparsers(dest="plan_command", required=True)
@@ -179,23 +233,46 @@ def _init(args: argparse.Namespace) -> int:
 
 
 def _serve(args: argparse.Namespace) -> int:
+    from gateway.detection import DetectionPolicy
+    from gateway.guard import GuardPolicy
     from gateway.pipeline import Limits
     from gateway.state import StateDir
-    from pasarela.runtime import build_gateway_app, configure_logging, run_app
+    from pasarela.runtime import build_gateway_app, configure_logging, guard_alerts, run_app
 
     configure_logging()
     state = StateDir(state_path(args.state))
-    app = build_gateway_app(state, limits=Limits(rate_per_second=args.rate, burst=args.burst))
-    asyncio.run(run_app(app, host=args.host, port=args.port, name="gateway"))
+    detection = DetectionPolicy(
+        window_seconds=args.alert_window,
+        quarantine_after=args.quarantine_after,
+        flood_after=args.flood_after,
+    )
+    limits = Limits(rate_per_second=args.rate, burst=args.burst)
+    app = build_gateway_app(state, limits=limits, detection=detection)
+    guard = GuardPolicy(
+        header_timeout=args.header_timeout, max_connections_per_ip=args.max_connections_per_ip
+    )
+    asyncio.run(
+        run_app(
+            app,
+            host=args.host,
+            port=args.port,
+            name="gateway",
+            guard=guard,
+            on_guard_event=guard_alerts(app),
+        )
+    )
     return EXIT_OK
 
 
 def _agents_serve(args: argparse.Namespace) -> int:
+    from gateway.guard import GuardPolicy
     from pasarela.runtime import build_host_app, configure_logging, run_app
 
     configure_logging()
     app, _ = build_host_app(state_path(args.state))
-    asyncio.run(run_app(app, host=args.host, port=args.port, name="agency-host"))
+    # The gateway pools up to 256 connections to the host from one address: allow them.
+    guard = GuardPolicy(max_connections_per_ip=512)
+    asyncio.run(run_app(app, host=args.host, port=args.port, name="agency-host", guard=guard))
     return EXIT_OK
 
 
@@ -338,6 +415,63 @@ def _plan_validate(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _attack(args: argparse.Namespace) -> int:
+    import time
+
+    from agents.adversaries.catalogue import CATALOGUE
+    from agents.adversaries.lab import LabError
+    from agents.adversaries.model import Result, Verdict
+    from agents.adversaries.profiles import profile_names, resolve_profile
+    from agents.adversaries.runner import (
+        print_scorecard,
+        results_document,
+        run_techniques,
+        write_json,
+        write_junit,
+    )
+    from scenarios.model import ScenarioError
+
+    if args.list:
+        console.print("profiles: " + ", ".join(profile_names()))
+        for technique in CATALOGUE.values():
+            mark = " (destructive)" if technique.destructive else ""
+            console.print(f"  {technique.id:<24} {technique.title}{mark}")
+        return EXIT_OK
+    if args.profile is None or args.state is None:
+        errors.print("pasarela: attack needs --profile and --state (or --list)")
+        return EXIT_USAGE
+    try:
+        profile = resolve_profile(args.profile)
+    except ScenarioError as exc:
+        errors.print(f"pasarela: {exc}", markup=False)
+        return EXIT_USAGE
+    steps = [(s.technique, s.params) for s in profile.steps]
+    skipped = []
+    if not args.allow_destructive:
+        skipped = [t for t, _ in steps if t.destructive]
+        steps = [(t, p) for t, p in steps if not t.destructive]
+    started = time.time()
+    try:
+        results = asyncio.run(run_techniques(args.gateway, state_path(args.state), steps))
+    except LabError as exc:
+        errors.print(f"pasarela: {exc}")
+        return EXIT_INFRA
+    print_scorecard(console, results, profile=profile.name)
+    for technique in skipped:
+        console.print(
+            f"{Verdict.SKIPPED}: {technique.id} (destructive; run it with --allow-destructive)"
+        )
+    document = results_document(
+        results, profile=profile.name, gateway_url=args.gateway, started=started
+    )
+    document["skipped"] = [t.id for t in skipped]
+    write_json(document, args.out / "attack-results.json")
+    write_junit(results, args.out / "attack-results.xml", profile=profile.name, skipped=skipped)
+    console.print(f"results: {args.out / 'attack-results.json'}, {args.out / 'attack-results.xml'}")
+    failed: list[Result] = [r for r in results if not r.passed]
+    return EXIT_FAILED if failed else EXIT_OK
+
+
 def _overrides(pairs: list[str]) -> dict[str, str]:
     from scenarios.model import ScenarioError
 
@@ -411,6 +545,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _compare(args)
         if args.command == "plan":
             return _plan_validate(args)
+        if args.command == "attack":
+            return _attack(args)
         return _demo(args)
     except StateError as exc:
         errors.print(f"pasarela: {exc}")

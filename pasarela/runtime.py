@@ -8,6 +8,7 @@ import logging
 import signal
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import structlog
@@ -16,7 +17,9 @@ from aiohttp import web
 from agents.host import AgencyHost, load_identities
 from agents.verification import Directory
 from gateway.clock import SystemClock, SystemRandomness
-from gateway.http import create_app
+from gateway.detection import DetectionPolicy
+from gateway.guard import GuardedAppRunner, GuardEventKind, GuardPolicy
+from gateway.http import GATEWAY_KEY, create_app
 from gateway.log import MessageLog
 from gateway.pipeline import Limits
 from gateway.service import Gateway, GatewayConfig
@@ -49,10 +52,31 @@ def configure_logging(level: int = logging.INFO) -> None:
     )
 
 
-def build_gateway_app(state: StateDir, *, limits: Limits | None = None) -> web.Application:
+def guard_alerts(app: web.Application) -> Callable[[GuardEventKind], None]:
+    """Report the guard's closures and refusals as the gateway's security alerts."""
+    gateway = app[GATEWAY_KEY]
+    pending: set[asyncio.Task[object]] = set()
+
+    def on_event(kind: GuardEventKind) -> None:
+        task = asyncio.get_running_loop().create_task(
+            gateway.alert(kind=kind, agency="", attributed=False, detail=f"connection {kind}")
+        )
+        pending.add(task)
+        task.add_done_callback(pending.discard)
+
+    return on_event
+
+
+def build_gateway_app(
+    state: StateDir, *, limits: Limits | None = None, detection: DetectionPolicy | None = None
+) -> web.Application:
     """The live gateway over ``state``: SQLite log, real HTTP to agencies, wall clock."""
     gateway = Gateway(
-        config=GatewayConfig(code=state.gateway_code, limits=limits or Limits()),
+        config=GatewayConfig(
+            code=state.gateway_code,
+            limits=limits or Limits(),
+            detection=detection or DetectionPolicy(),
+        ),
         key=state.gateway_key,
         trust=state.trust,
         registry=state.registry,
@@ -139,9 +163,28 @@ def build_host_app(state_dir: Path) -> tuple[web.Application, AgencyHost]:
     return host.app(), host
 
 
-async def run_app(app: web.Application, *, host: str, port: int, name: str) -> None:
-    """Serve until SIGTERM or SIGINT, then shut down cleanly."""
-    runner = web.AppRunner(app, handle_signals=False, access_log=None)
+async def run_app(
+    app: web.Application,
+    *,
+    host: str,
+    port: int,
+    name: str,
+    guard: GuardPolicy | None = None,
+    on_guard_event: Callable[[GuardEventKind], None] | None = None,
+) -> None:
+    """Serve until SIGTERM or SIGINT, then shut down cleanly.
+
+    Connections go through the ``guard`` (default :class:`GuardPolicy()`): request headers
+    have a deadline, idle keep-alive a timeout, and open connections caps per IP and in all;
+    ``on_guard_event`` hears of each connection it closes or refuses.
+    """
+    runner = GuardedAppRunner(
+        app,
+        policy=guard or GuardPolicy(),
+        on_event=on_guard_event,
+        handle_signals=False,
+        access_log=None,
+    )
     await runner.setup()
     site = web.TCPSite(runner, host, port, reuse_address=True)
     await site.start()

@@ -17,6 +17,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Final
 
+from agents.adversaries.profiles import profile_names
 from scenarios.toml_source import (
     DateRange,
     ScenarioError,
@@ -70,6 +71,7 @@ EXPECTATION_KINDS: Final[Mapping[str, tuple[str, ...]]] = {
     "connected-by": ("date", "at_least"),
     "answered-in-time": ("at_least", "scope"),
     "max-backlog": ("at_most",),
+    "attacks-blocked": (),
     "exposure": ("at_most",),
     "gate-failures": ("at_most",),
 }
@@ -94,6 +96,7 @@ FAULT_KINDS: Final[Mapping[str, tuple[str, ...]]] = {
     "clock-skew": ("skew_seconds",),
     "stolen-key": (),
     "second-incident": ("new_generation_hours",),
+    "attack": ("profile",),
 }
 FAULT_COMMON: Final = ("kind", "target", "at", "when", "after_hours", "duration_hours")
 LINK_COMMON: Final = ("stream", "toxicity")
@@ -309,6 +312,7 @@ class Fault:
     stream: str = "both"
     toxicity: float = 1.0
     params: Mapping[str, float] = field(default_factory=dict, hash=False)
+    profile: str = ""  # for kind "attack": an adversary profile (scenarios/library/attacks/)
 
     @property
     def link(self) -> bool:
@@ -871,14 +875,17 @@ def _fault(r: TableReader, world: World, plan: Plan, span: DateRange) -> Fault:
     for needed in _FAULT_REQUIRED.get(kind, ()):
         r.raw(needed)
     params = {}
+    profile = _attack_profile(r) if kind == "attack" else ""
     for name in FAULT_KINDS[kind]:
-        if r.has(name):
+        if r.has(name) and name != "profile":
             low, high = _FAULT_NUMBERS[name]
             params[name] = r.number(name, minimum=low, maximum=high)
     if kind == "slicer" and params.get("size_variation", 0) >= params["average_size"]:
         raise r.error("size_variation", "must be below average_size (every slice is at "
                       "least one byte)")  # fmt: skip
     duration = r.number("duration_hours", above=0.0) if r.has("duration_hours") else None
+    if kind in ("stolen-key", "second-incident", "attack") and duration is not None:
+        raise r.error("duration_hours", f"a {kind} happens once; it has no duration")
     if kind == "gateway-crash" and duration is None:
         raise r.error("duration_hours", "missing required key 'duration_hours' "
                       "(how long the gateway stays down before it restarts)")  # fmt: skip
@@ -893,12 +900,18 @@ def _fault(r: TableReader, world: World, plan: Plan, span: DateRange) -> Fault:
         stream=r.choice("stream", STREAMS, what="stream", default="both"),
         toxicity=r.probability("toxicity", default=1.0),
         params=params,
+        profile=profile,
     )
+
+
+def _attack_profile(r: TableReader) -> str:
+    """The name of a shipped adversary profile, or ``all``."""
+    return r.choice("profile", profile_names(), what="adversary profile")
 
 
 def _fault_target(r: TableReader, kind: str, world: World) -> str:
     """Links and agencies need a party's code; platform-wide faults take none."""
-    if kind in ("gateway-crash", "second-incident"):
+    if kind in ("gateway-crash", "second-incident", "attack"):
         if r.has("target"):
             raise r.error("target", f"a {kind} has no target (it hits the whole platform)")
         return ""

@@ -270,6 +270,16 @@ def _check(
             held=peak <= expectation.at_most,
             detail=f"backlog peaked at {peak} requests (at most {expectation.at_most:g})",
         )
+    if kind == "attacks-blocked":
+        holes = sum(a["counts"]["holes"] for a in outcome.attacks)
+        ran = sum(a["counts"]["techniques"] for a in outcome.attacks)
+        return ExpectationResult(
+            kind=kind,
+            key=expectation.key,
+            held=holes == 0,
+            detail=f"{ran - holes} of {ran} attack techniques blocked in "
+            f"{len(outcome.attacks)} attack(s)",
+        )
     if kind == "exposure":
         assert expectation.at_most is not None
         seconds = outcome.exposure_seconds
@@ -456,6 +466,7 @@ def build_results(
         },
         "plan": _plan_figures(scenario, outcome),
         "faults": outcome.faults,
+        "attacks": outcome.attacks,
         "timeline": outcome.timeline,
         "calibration": [row.as_dict() for row in calibration],
         "expectations": [c.as_dict() for c in checks],

@@ -24,6 +24,9 @@ from typing import Any
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
+from agents.adversaries.inprocess import InProcessLab, run_in_process
+from agents.adversaries.profiles import resolve_profile
+from agents.adversaries.runner import results_document
 from agents.connector import Connector
 from agents.institutions import (
     AtiRequest,
@@ -112,6 +115,7 @@ class SimulationOutcome:
     gate_failures: int = 0
     exposure_seconds: float = 0.0
     faults: list[dict[str, Any]] = field(default_factory=list)
+    attacks: list[dict[str, Any]] = field(default_factory=list)
 
 
 class _SkewedClock:
@@ -233,7 +237,11 @@ class Simulation:
         self._link_order = world.linked_codes()
         self._approvals: Counter[tuple[int, int]] = Counter()  # (ISO year, week) -> used
         self._linked = 0
-        # -- the plan's machinery
+        self._plan_machinery()
+
+    def _plan_machinery(self) -> None:
+        """The state of the plan's processes: waves, gates, faults, attacks."""
+        scenario = self.scenario
         plan = scenario.plan
         #: Every agency the plan named or chose, with its wave (None: the direct fallback).
         self.plan_agencies: dict[str, str | None] = {}
@@ -256,6 +264,7 @@ class Simulation:
         self._keys: dict[str, Ed25519PrivateKey] = {}  # each agency's current key
         self._exposed: dict[str, list[float]] = {}  # kid -> [opened, closed or -1]
         self._tasks: list[asyncio.Task[Any]] = []
+        self.attacks: list[dict[str, Any]] = []  # one scorecard per attack fault
         self._gateway_down = False  # a crash: failures then are the platform's, nobody else's
         self.faults: list[dict[str, Any]] = [
             {"key": f.key, "kind": f.kind, "target": f.target, "start": None, "end": None,
@@ -446,6 +455,7 @@ class Simulation:
             gate_failures=self.gate_failures,
             exposure_seconds=sum(end - start for start, end in self._exposed.values()),
             faults=self.faults,
+            attacks=self.attacks,
         )
 
     def _spawn(self, process: Any) -> asyncio.Task[Any]:
@@ -1162,6 +1172,9 @@ class Simulation:
         if fault.kind == "stolen-key":
             out["affected"] = await self._stolen_key(fault.target)
             return None
+        if fault.kind == "attack":
+            out["affected"] = await self._attack(fault)
+            return None
         await self._second_incident(fault)
         return None
 
@@ -1202,6 +1215,49 @@ class Simulation:
         if self._state(code) is not before and before is ConnectionState.DISCONNECTED:
             await self._move(code, StateEvent.DISCONNECT, reason="enrolment withdrawn")
         return 1
+
+    async def _attack(self, fault: Fault) -> int:
+        """An adversary profile against the gateway, from inside the world: the techniques
+        that run in process, with three connected agencies as sender, bystander and third
+        party. The gateway's alerts about agencies are what the gates see."""
+        today = day_of(self.clock.now())
+        profile = resolve_profile(fault.profile)
+        connected = [
+            c for c in sorted(self.centrals) if self._state(c) is ConnectionState.CONNECTED
+        ]
+        if len(connected) < 3 or not self._portal_ready():
+            self._record(today, "attack-skipped", profile=profile.name,
+                         reason="fewer than three agencies connected")  # fmt: skip
+            return 0
+        gateway = self.plumbing.gateway
+        lab = InProcessLab(
+            gateway=gateway,
+            transport=self.plumbing.network,
+            gateway_url=GATEWAY_URL,
+            identities={code: c.identity for code, c in self.plumbing.connectors.items()},
+            clock=self.clock,
+            randomness=self.plumbing.randomness,
+            sender=connected[0],
+            other=connected[1],
+            third=connected[2],
+            receiver=PORTAL,
+        )
+        before = gateway.detector.last_id
+        started = self.clock.now()
+        steps = [(step.technique, step.params) for step in profile.steps]
+        results, skipped = await run_in_process(lab, steps)
+        for alert in gateway.detector.recent(after=before, limit=1_000_000):
+            if alert.agency in self.centrals:
+                self._alerts.setdefault(alert.agency, []).append((alert.at, alert.attributed))
+        document = results_document(
+            results, profile=profile.name, gateway_url="in-process", started=started
+        )
+        document.update({"fault": fault.key, "skipped": skipped, "sender": connected[0]})
+        self.attacks.append(document)
+        holes = document["counts"]["holes"]
+        self._record(today, "attack", profile=profile.name, techniques=len(results), holes=holes)
+        self.events += len(results)
+        return len(results)
 
     async def _second_incident(self, fault: Fault) -> None:
         """Everyone off the gateway again, a new key generation, and the agencies that were

@@ -21,6 +21,7 @@ from agents.host import AgencyHost, ServiceHandler, ping
 from agents.verification import Directory, Identity
 from gateway.admin import Admin
 from gateway.clock import Clock, SeededRandomness
+from gateway.detection import DetectionPolicy
 from gateway.log import LogStore, MessageLog
 from gateway.memory import gateway_handler
 from gateway.pipeline import Limits
@@ -145,7 +146,10 @@ def build_plumbing(
     transport = MemoryTransport()
     network = ToxicTransport(transport, link_of=link_of, rng=random.Random(f"{seed}:toxics"))
     gateway = Gateway(
-        config=GatewayConfig(code=gateway_code, limits=UNTHROTTLED),
+        # The rehearsal drives every state change itself: alerts yes, automatic quarantine no.
+        config=GatewayConfig(
+            code=gateway_code, limits=UNTHROTTLED, detection=DetectionPolicy.off()
+        ),
         key=gateway_key,
         trust=trust,
         registry=registry,

@@ -11,7 +11,7 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from playwright.sync_api import sync_playwright
+from playwright.sync_api import FloatRect, sync_playwright
 
 CHROMIUM = "/usr/bin/chromium"
 ARGS = ["--headless=new", "--no-sandbox", "--disable-gpu", "--no-first-run"]
@@ -28,7 +28,7 @@ def main(report: Path, png: Path, *, height: int = 2300) -> None:
                 "() => document.querySelector('figure').closest('section')"
                 ".getBoundingClientRect().top + window.scrollY"
             )
-            clip = {"x": 0, "y": max(0, top - 16), "width": 1280, "height": height}
+            clip: FloatRect = {"x": 0, "y": max(0, top - 16), "width": 1280, "height": height}
             page.screenshot(path=str(png), full_page=True, clip=clip)
         finally:
             browser.close()

@@ -66,7 +66,9 @@ async def test_oversized_body_is_413_and_logged(
     resp = await client.post("/v1/messages", data=io.BytesIO(b"x" * (1_048_576 + 10)))
     assert resp.status == 413
     await world.gateway.log.sync()
-    assert world.store.rows[-1].fields["reason"] == "payload-too-large"
+    refusal, alert = world.store.rows[-2:]
+    assert refusal.fields["reason"] == "payload-too-large"
+    assert (alert.kind, alert.fields["alert_kind"]) == ("alert", "payload-too-large")
 
 
 async def test_duplicated_signature_header_is_malformed(
@@ -136,7 +138,8 @@ async def test_admin_requires_an_operator_token(
     assert (await client.post("/v1/admin/disconnect-all", headers=bad)).status == 401
     await world.gateway.log.sync()
     kinds = [r.kind for r in world.store.rows]
-    assert kinds == ["admin-rejection", "admin-rejection"]
+    assert kinds == ["admin-rejection", "alert", "admin-rejection", "alert"]
+    assert world.gateway.detector.recent()[0].kind == "unauthenticated"
     assert all(a.state is ConnectionState.CONNECTED for a in world.registry.agencies())
 
 
@@ -281,7 +284,9 @@ async def test_compressed_body_is_refused_and_logged(
     assert resp.status == 400
     assert "Content-Encoding" in (await resp.json(content_type=None))["detail"]
     await world.gateway.log.sync()
-    assert world.store.rows[-1].fields["reason"] == "malformed"
+    refusal, alert = world.store.rows[-2:]
+    assert refusal.fields["reason"] == "malformed"
+    assert (alert.kind, alert.fields["refusal"]) == ("alert", refusal.seq)
     assert world.handled == []
 
 
@@ -333,3 +338,22 @@ async def test_a_defect_is_a_plain_500_problem_and_leaves_no_state(
     world.transport.mount(RECEIVER_URL, echo)
     resp = await client.post("/v1/messages", data=body, headers={HEADER_SIGNATURE: token})
     assert resp.status == 200
+
+
+async def test_deeply_nested_json_is_a_4xx_not_a_crash(
+    world: GatewayWorld, client: TestClient[object, object]
+) -> None:
+    """Claims or an admin body nested deeper than the JSON parser goes: 400, never 500."""
+    from gateway.protocol import b64url_encode
+
+    head = b64url_encode(b'{"alg":"EdDSA","typ":"pasarela-msg+jwt","kid":"k"}')
+    claims = b64url_encode(b'{"iss": ' + b"[" * 2_000 + b"]" * 2_000 + b"}")
+    resp = await client.post(
+        "/v1/messages", data=b"{}", headers={HEADER_SIGNATURE: f"{head}.{claims}.AA"}
+    )
+    assert resp.status == 400
+    assert (await resp.json())["type"].endswith(":malformed")
+    nested = b"[" * 5_000 + b"]" * 5_000
+    resp = await client.post("/v1/admin/disconnect-all", data=nested, headers=_auth(world))
+    assert resp.status == 400
+    assert (await resp.json())["type"].endswith(":invalid-request")

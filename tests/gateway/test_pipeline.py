@@ -330,8 +330,10 @@ async def test_every_refusal_is_in_the_log(world: GatewayWorld) -> None:
     await world.send("AG001", to="AG999", jti="m")
     await world.send("AG001", to="AG002", jti="m2", signature="garbage")
     await world.gateway.log.sync()
-    reasons = [r.fields.get("reason") for r in world.store.rows]
+    reasons = [r.fields.get("reason") for r in world.store.rows if r.kind == "rejection"]
     assert reasons == ["unknown-receiver", "malformed"]
+    alerts = [r.fields["alert_kind"] for r in world.store.rows if r.kind == "alert"]
+    assert alerts == ["unknown-receiver", "malformed"]
     assert verify(world.store.records()).ok
 
 

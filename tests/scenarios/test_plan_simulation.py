@@ -221,3 +221,27 @@ def test_dependency_order_puts_every_agency_after_what_it_needs() -> None:
     )
     assert order == ["AG002", "AG005", "AG003", "AG001"]
     assert _dependency_order(["AG002", "AG001"], {"AG001": ("AG009",)}) == ["AG001", "AG002"]
+
+
+def test_attack_during_the_waves_is_blocked_and_holds_the_gate(tmp_path: Path) -> None:
+    """An outsider attacks while the pilot soaks: every in-process technique is blocked,
+    the alerts hold the pilot's zero-alert gate, and nobody is rolled back for traffic
+    they did not sign. The same seed gives the same scorecard."""
+    fault = '{ kind = "attack", profile = "outsider", when = "wave-connected:pilot" }'
+    overrides = {
+        FAULT: fault,
+        "faults[1]": fault.replace("wave-connected:pilot", "wave-start:rest"),
+    }
+    results = _run(tmp_path / "one", overrides).results
+    first, second = results["attacks"]
+    assert first["counts"]["holes"] == 0
+    assert first["counts"]["techniques"] > 10
+    assert "slowloris" in first["skipped"]  # needs real sockets: live lab only
+    pilot = results["agencies"]["waves"]["pilot"]
+    assert any("alerts" in e["failed"] for e in pilot["gate"]["evaluations"])
+    assert pilot["quarantined"] == []
+    assert [e["event"] for e in results["timeline"]].count("attack") == 2
+    again = _run(tmp_path / "two", overrides).results
+    assert again["attacks"] == results["attacks"]
+    assert again["gateway"]["log_head"] == results["gateway"]["log_head"]
+    assert second["counts"]["holes"] == 0
