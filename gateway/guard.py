@@ -55,6 +55,7 @@ from __future__ import annotations
 
 import asyncio
 import ipaddress
+import json
 import logging
 import math
 from collections.abc import Callable
@@ -63,6 +64,10 @@ from typing import Any, Literal
 
 from aiohttp import web
 from aiohttp.web_protocol import RequestHandler
+from aiohttp.web_request import BaseRequest
+from aiohttp.web_response import StreamResponse
+
+from gateway.protocol import PROBLEM_CONTENT_TYPE, ProblemCode, problem_document
 
 __all__ = [
     "ConnectionGuard",
@@ -264,6 +269,10 @@ class ConnectionGuard:
         return kind
 
 
+#: Longest request line or header field the guarded servers parse.
+MAX_HEADER_BYTES = 16_384
+
+
 class GuardedRequestHandler(RequestHandler):
     """aiohttp's HTTP/1 protocol with the header deadline and the connection caps."""
 
@@ -313,6 +322,26 @@ class GuardedRequestHandler(RequestHandler):
         elif data:
             self._header_clock.received(self._event_loop.time(), awaiting_request=awaiting_request)
         self._sync_timer()
+
+    def handle_error(
+        self,
+        request: BaseRequest,
+        status: int = 500,
+        exc: BaseException | None = None,
+        message: str | None = None,
+    ) -> StreamResponse:
+        """What aiohttp's own parser refuses (a header too long, two Content-Types, an
+        encoding it cannot decode) is answered as problem+json too, not text/plain."""
+        if not 400 <= status < 500:
+            return super().handle_error(request, status, exc, message)
+        code = ProblemCode.PAYLOAD_TOO_LARGE if status == 413 else ProblemCode.MALFORMED
+        detail = f"the HTTP request could not be parsed: {exc or message or status}"[:300]
+        body = json.dumps(problem_document(code, detail)).encode()
+        response = web.Response(
+            status=code.status, body=body, content_type=PROBLEM_CONTENT_TYPE.split(";")[0]
+        )
+        response.force_close()
+        return response
 
     def connection_lost(self, exc: BaseException | None) -> None:
         if self._timer is not None:
@@ -399,6 +428,10 @@ class GuardedAppRunner(web.AppRunner):
         if "keepalive_timeout" in kwargs:
             raise TypeError("set the keep-alive timeout in GuardPolicy.keepalive_timeout")
         policy = policy or GuardPolicy()
+        # A Pasarela-Signature may be 8,192 characters (protocol.md, limits): aiohttp's
+        # default of 8,190 bytes per header would refuse the longest before the gateway.
+        kwargs.setdefault("max_field_size", MAX_HEADER_BYTES)
+        kwargs.setdefault("max_line_size", MAX_HEADER_BYTES)
         super().__init__(app, keepalive_timeout=policy.keepalive_timeout, **kwargs)
         self._guard = ConnectionGuard(policy, on_event=on_event)
 
