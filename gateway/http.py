@@ -73,7 +73,10 @@ async def problem_middleware(request: web.Request, handler: Handler) -> web.Stre
             405: ProblemCode.METHOD_NOT_ALLOWED,
             413: ProblemCode.PAYLOAD_TOO_LARGE,
         }.get(exc.status, ProblemCode.INVALID_REQUEST)
-        return _problem(code, exc.reason or code.caption)
+        allow = exc.headers.get("Allow")  # a 405 must name the methods that are (RFC 9110)
+        return _problem(
+            code, exc.reason or code.caption, headers={"Allow": allow} if allow else None
+        )
     except Exception:
         # A defect, never an input problem: say so plainly, keep the trace in the event log.
         _log.exception("internal_error", path=request.path[:200], method=request.method)
@@ -389,8 +392,13 @@ async def _move_endpoint(
     request: web.Request, admin: Admin, operator: str, body: dict[str, Any]
 ) -> dict[str, Any]:
     endpoint = body.get("endpoint")
-    if not isinstance(endpoint, str):
-        raise _InvalidRequestError(ProblemCode.INVALID_REQUEST, 'body must hold "endpoint": URL')
+    if (
+        not isinstance(endpoint, str)
+        or not endpoint.startswith(("http://", "https://"))
+        or len(endpoint) > 500
+    ):
+        detail = 'body must hold "endpoint": an http(s) URL of at most 500 characters'
+        raise _InvalidRequestError(ProblemCode.INVALID_REQUEST, detail)
     result = await admin.move_endpoint(
         _code(request), endpoint, actor=operator, reason=_reason(body)
     )
