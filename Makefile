@@ -32,7 +32,13 @@ typecheck: $(STAMP)
 browser:
 	command -v chromium >/dev/null 2>&1 || (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium)
 
-unit: $(STAMP) browser
+# The JavaScript connector example's one dependency (jose), as its lock file pins it.
+JS := examples/connectors/javascript
+$(JS)/node_modules/.installed: $(JS)/package-lock.json
+	npm ci --prefix $(JS) --no-audit --no-fund --loglevel=error
+	touch $@
+
+unit: $(STAMP) browser $(JS)/node_modules/.installed
 	$(BIN)/pytest
 
 test: lint typecheck unit
