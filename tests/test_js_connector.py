@@ -223,7 +223,11 @@ def test_a_forged_receipt_is_refused(
         answer = _post(js_connector.port, path, body, {**headers, "Pasarela-Receipt": bad})
         assert 400 <= answer.status < 500, answer.body
         assert answer.headers["content-type"] == "application/problem+json"
-        assert answer.json()["type"] == "urn:pasarela:problem:bad-receipt"
+        assert answer.json()["type"] in {
+            "urn:pasarela:problem:bad-signature",
+            "urn:pasarela:problem:malformed",
+            "urn:pasarela:problem:unknown-key",
+        }
     missing = {k: v for k, v in headers.items() if k != "Pasarela-Receipt"}
     answer = _post(js_connector.port, path, body, missing)
     assert 400 <= answer.status < 500

@@ -49,10 +49,6 @@ const TITLES = {
   'not-found': [404, 'Not found'],
   'method-not-allowed': [405, 'Method not allowed'],
   'invalid-request': [400, 'Invalid request'],
-  // Not in section 10's table (which lists the gateway's problems): a receipt that does
-  // not verify, and a message whose aud is not this agency.
-  'bad-receipt': [401, 'Receipt does not verify'],
-  'wrong-receiver': [403, 'Message not addressed to this agency'],
 };
 
 // -- configuration --------------------------------------------------------------------
@@ -307,23 +303,23 @@ async function verifyReceipt(token, message, { corr } = {}) {
   try {
     ({ header, claims } = readToken(token, TYP_RECEIPT, what));
   } catch (error) {
-    throw new Refusal('bad-receipt', error.message);
+    throw new Refusal('bad-signature', error.message);
   }
-  if (header.kid !== current.gateway.kid) throw new Refusal('bad-receipt', 'receipt kid is not the gateway kid');
+  if (header.kid !== current.gateway.kid) throw new Refusal('unknown-key', 'receipt kid is not the gateway kid');
   try {
     await verifySignature(token, current.gateway.key, what);
   } catch {
-    throw new Refusal('bad-receipt', 'receipt signature does not verify with the gateway key');
+    throw new Refusal('bad-signature', 'receipt signature does not verify with the gateway key');
   }
-  if (claims.iss !== current.gateway.code) throw new Refusal('bad-receipt', 'receipt iss is not the gateway');
-  if (claims.jti !== message.jti) throw new Refusal('bad-receipt', 'receipt jti is not the message jti');
-  if (claims.bh !== message.bh) throw new Refusal('bad-receipt', 'receipt bh is not the message bh');
-  if (!Number.isInteger(claims.seq) || claims.seq < 1) throw new Refusal('bad-receipt', 'receipt seq invalid');
-  if (typeof claims.lh !== 'string' || !DIGEST.test(claims.lh)) throw new Refusal('bad-receipt', 'receipt lh invalid');
-  if (!isNumericDate(claims.iat)) throw new Refusal('bad-receipt', 'receipt iat invalid');
-  if (corr !== undefined && claims.corr !== corr) throw new Refusal('bad-receipt', 'receipt corr is not our jti');
+  if (claims.iss !== current.gateway.code) throw new Refusal('bad-signature', 'receipt iss is not the gateway');
+  if (claims.jti !== message.jti) throw new Refusal('bad-signature', 'receipt jti is not the message jti');
+  if (claims.bh !== message.bh) throw new Refusal('bad-signature', 'receipt bh is not the message bh');
+  if (!Number.isInteger(claims.seq) || claims.seq < 1) throw new Refusal('bad-signature', 'receipt seq invalid');
+  if (typeof claims.lh !== 'string' || !DIGEST.test(claims.lh)) throw new Refusal('bad-signature', 'receipt lh invalid');
+  if (!isNumericDate(claims.iat)) throw new Refusal('bad-signature', 'receipt iat invalid');
+  if (corr !== undefined && claims.corr !== corr) throw new Refusal('bad-signature', 'receipt corr is not our jti');
   if (corr === undefined && claims.corr !== undefined && claims.corr !== null) {
-    throw new Refusal('bad-receipt', 'a request receipt carries corr');
+    throw new Refusal('bad-signature', 'a request receipt carries corr');
   }
   return claims;
 }
@@ -435,9 +431,9 @@ async function receive(req, body) {
   let claims;
   try {
     claims = await verifyMessage(token, body, 'Pasarela-Signature');
-    if (claims.aud !== CODE) throw new Refusal('wrong-receiver', `aud is ${claims.aud}, not ${CODE}`);
+    if (claims.aud !== CODE) throw new Refusal('bad-signature', `aud is ${claims.aud}, not ${CODE}`);
     const receipt = req.headers['pasarela-receipt'];
-    if (receipt === undefined) throw new Refusal('bad-receipt', 'no Pasarela-Receipt');
+    if (receipt === undefined) throw new Refusal('malformed', 'no Pasarela-Receipt');
     await verifyReceipt(receipt, claims);
   } catch (error) {
     if (error instanceof Refusal) return refuse(error.code, error.detail, token);
@@ -506,11 +502,11 @@ async function send(to, service, payload) {
   try {
     answer = await verifyMessage(answerToken, response.body, 'answer signature');
     if (answer.iss !== to) throw new Refusal('sender-mismatch', `answer iss is ${answer.iss}, not ${to}`);
-    if (answer.aud !== CODE) throw new Refusal('wrong-receiver', 'answer aud is not us');
+    if (answer.aud !== CODE) throw new Refusal('bad-signature', 'answer aud is not us');
     if (answer.corr !== jti) throw new Refusal('malformed', 'answer corr is not our jti');
     if (answer.svc !== service) throw new Refusal('malformed', 'answer svc is not the service called');
     const receipt = response.headers['pasarela-receipt'];
-    if (receipt === undefined) throw new Refusal('bad-receipt', 'no Pasarela-Receipt on the answer');
+    if (receipt === undefined) throw new Refusal('malformed', 'no Pasarela-Receipt on the answer');
     await verifyReceipt(receipt, answer, { corr: jti });
   } catch (error) {
     if (error instanceof Refusal) return { kind: 'unverified', reason: `${error.code}: ${error.detail}`, jti };
