@@ -89,7 +89,12 @@ class HttpTransport(Transport):
 
     def _client(self) -> aiohttp.ClientSession:
         if self._session is None or self._session.closed:
-            connector = aiohttp.TCPConnector(limit=self._limit, limit_per_host=self._limit)
+            # Idle connections are dropped after 4 s: shorter than the common servers'
+            # keep-alive (Node.js and Apache: 5 s), so a delivery never races the server
+            # closing the connection it was about to reuse.
+            connector = aiohttp.TCPConnector(
+                limit=self._limit, limit_per_host=self._limit, keepalive_timeout=4.0
+            )
             self._session = aiohttp.ClientSession(connector=connector, auto_decompress=False)
         return self._session
 

@@ -32,7 +32,7 @@ from pasarela.client import load_identity
 from pasarela.processes import (
     StartupError,
     child_process,
-    free_port,
+    free_ports,
     pasarela_argv,
     wait_healthy,
 )
@@ -119,7 +119,7 @@ def run_demo(*, agencies: int, keep: Path | None, console: Console) -> int:
             state = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="pasarela-")))
         else:
             state = keep.resolve()
-        gateway_port, agents_port = free_port(), free_port()
+        gateway_port, agents_port = free_ports(2)
         agents_url = f"http://127.0.0.1:{agents_port}"
         gateway_url = f"http://127.0.0.1:{gateway_port}"
         init_state(

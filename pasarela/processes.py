@@ -19,7 +19,15 @@ from pathlib import Path
 
 import aiohttp
 
-__all__ = ["Child", "StartupError", "child_process", "free_port", "pasarela_argv", "wait_healthy"]
+__all__ = [
+    "Child",
+    "StartupError",
+    "child_process",
+    "free_port",
+    "free_ports",
+    "pasarela_argv",
+    "wait_healthy",
+]
 
 
 class StartupError(Exception):
@@ -42,10 +50,20 @@ class Child:
 
 def free_port() -> int:
     """A TCP port on 127.0.0.1 that was free a moment ago."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
+    return free_ports(1)[0]
+
+
+def free_ports(count: int) -> list[int]:
+    """``count`` distinct TCP ports on 127.0.0.1 that were free a moment ago (held open
+    together while chosen, so two calls cannot hand out the same port)."""
+    sockets = [socket.socket() for _ in range(count)]
+    try:
+        for sock in sockets:
+            sock.bind(("127.0.0.1", 0))
+        return [int(sock.getsockname()[1]) for sock in sockets]
+    finally:
+        for sock in sockets:
+            sock.close()
 
 
 def pasarela_argv(*args: str) -> list[str]:

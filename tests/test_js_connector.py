@@ -115,10 +115,13 @@ class JsConnector:
 def js_connector(
     pasarela_gateway: PasarelaGateway, pasarela_agency: AgencyFactory
 ) -> Iterator[JsConnector]:
-    port = _free_port()
-    recorder = Recorder(target=port)
-    proxy = _proxy(recorder)
+    recorder = Recorder(target=0)
+    proxy = _proxy(recorder)  # bound first: the connector's port must not be the proxy's
     proxy_port = proxy.server_address[1]
+    port = _free_port()
+    while port == proxy_port:
+        port = _free_port()
+    recorder.target = port
     agency = pasarela_agency(
         CODE,
         endpoint=f"http://127.0.0.1:{proxy_port}/agencies/{CODE}/messages",

@@ -12,7 +12,7 @@ import pytest
 
 from gateway.clock import SystemClock, SystemRandomness
 from gateway.state import init_state
-from pasarela.processes import child_process, free_port, pasarela_argv, wait_healthy
+from pasarela.processes import child_process, free_ports, pasarela_argv, wait_healthy
 
 
 @dataclass(frozen=True, slots=True)
@@ -26,7 +26,7 @@ class LiveGateway:
 @contextlib.contextmanager
 def live_gateway(root: Path, *, serve_args: tuple[str, ...] = ()) -> Iterator[LiveGateway]:
     """``pasarela init`` (five agencies), then ``serve`` and ``agents serve`` on free ports."""
-    gateway_port, agents_port = free_port(), free_port()
+    gateway_port, agents_port = free_ports(2)
     agents_url = f"http://127.0.0.1:{agents_port}"
     state = root / "state"
     init_state(

@@ -22,7 +22,7 @@ from gateway import pipeline, protocol
 from gateway.clock import SystemClock, SystemRandomness
 from gateway.detection import DetectionPolicy
 from gateway.state import StateDir, init_state
-from pasarela.processes import free_port
+from pasarela.processes import free_ports
 from pasarela.runtime import build_gateway_app, build_host_app
 
 TECHNIQUES = {t.id: t for t in TOKEN_TECHNIQUES}
@@ -31,7 +31,7 @@ TECHNIQUES = {t.id: t for t in TOKEN_TECHNIQUES}
 @asynccontextmanager
 async def _served(root: Path, *, detection: DetectionPolicy | None = None) -> AsyncIterator[str]:
     """Gateway and agency host of a fresh five-agency state, in this event loop."""
-    gateway_port, agents_port = free_port(), free_port()
+    gateway_port, agents_port = free_ports(2)
     state_dir = root / "state"
     init_state(
         state_dir,

@@ -598,6 +598,10 @@ const server = http.createServer((req, res) => {
   });
 });
 
+// Keep idle connections longer than the gateway's client keeps them (4 s): a server that
+// closes first races the gateway's next delivery on that connection.
+server.keepAliveTimeout = 30_000;
+server.headersTimeout = 31_000;
 server.listen(PORT, HOST, () => {
   console.log(`connector: ${CODE} (kid ${OWN_KID}) listening on http://${HOST}:${PORT}${MESSAGES_PATH}`);
 });
