@@ -22,7 +22,7 @@ from gateway.protocol import (
     b64url_encode,
     body_digest,
 )
-from gateway.registry import ConnectionState, RegistryError, StateChange, StateEvent
+from gateway.registry import ConnectionState, StateChange, StateEvent
 from gateway.service import Gateway
 from gateway.trust import Enrolment, KeyRecord, csr_agency
 
@@ -85,7 +85,7 @@ class Admin:
         registry = self.gateway.registry
         agency = registry.require(code)
         if not endpoint.startswith(("http://", "https://")) or len(endpoint) > 500:
-            raise RegistryError(f"endpoint must be an http(s) URL, got {endpoint[:80]!r}")
+            raise ValueError("endpoint must be an http(s) URL of at most 500 characters")
         registry.add(replace(agency, endpoint=endpoint))
         return await self._record(
             actor=actor,

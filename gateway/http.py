@@ -211,9 +211,8 @@ async def post_enrolment(request: web.Request) -> web.Response:
             raise _InvalidRequestError(ProblemCode.INVALID_REQUEST, 'body must be {"csr": <PEM>}')
         enrolment = await request.app[ADMIN_KEY].submit_enrolment(csr)
     except DistrustedKeyError as exc:
-        code = ProblemCode.REVOKED_KEY if exc.revoked else ProblemCode.SUPERSEDED_KEY
         return await _refuse_request(
-            gateway, request, code, str(exc), kind="enrolment-rejection", agency=exc.agency
+            gateway, request, exc.problem, str(exc), kind="enrolment-rejection", agency=exc.agency
         )
     except (TrustError, RegistryError) as exc:
         return await _refuse_request(
@@ -392,16 +391,14 @@ async def _move_endpoint(
     request: web.Request, admin: Admin, operator: str, body: dict[str, Any]
 ) -> dict[str, Any]:
     endpoint = body.get("endpoint")
-    if (
-        not isinstance(endpoint, str)
-        or not endpoint.startswith(("http://", "https://"))
-        or len(endpoint) > 500
-    ):
-        detail = 'body must hold "endpoint": an http(s) URL of at most 500 characters'
-        raise _InvalidRequestError(ProblemCode.INVALID_REQUEST, detail)
-    result = await admin.move_endpoint(
-        _code(request), endpoint, actor=operator, reason=_reason(body)
-    )
+    if not isinstance(endpoint, str):
+        raise _InvalidRequestError(ProblemCode.INVALID_REQUEST, 'body must hold "endpoint": URL')
+    try:
+        result = await admin.move_endpoint(
+            _code(request), endpoint, actor=operator, reason=_reason(body)
+        )
+    except ValueError as exc:
+        raise _InvalidRequestError(ProblemCode.INVALID_REQUEST, str(exc)) from exc
     return {"action": result.action, "seq": result.seq, **result.detail}
 
 

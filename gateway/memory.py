@@ -39,8 +39,7 @@ def gateway_handler(admin: Admin) -> Handler:
                     raise TypeError("csr")
                 enrolment = await admin.submit_enrolment(csr)
             except DistrustedKeyError as exc:
-                code = ProblemCode.REVOKED_KEY if exc.revoked else ProblemCode.SUPERSEDED_KEY
-                return problem_response(code, f"enrolment refused: {exc}")
+                return problem_response(exc.problem, f"enrolment refused: {exc}")
             except (ValueError, TypeError, AttributeError, TrustError, RegistryError) as exc:
                 return problem_response(ProblemCode.INVALID_REQUEST, f"enrolment refused: {exc}")
             body = json.dumps(

@@ -22,7 +22,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey,
 from cryptography.x509.oid import NameOID
 
 from gateway.clock import Randomness
-from gateway.protocol import AGENCY_CODE, kid_for_certificate
+from gateway.protocol import AGENCY_CODE, ProblemCode, kid_for_certificate
 
 __all__ = [
     "CertificateAuthority",
@@ -56,6 +56,11 @@ class DistrustedKeyError(TrustError):
         super().__init__(message)
         self.revoked = revoked
         self.agency = agency
+
+    @property
+    def problem(self) -> ProblemCode:
+        """What the enrolment endpoint answers (the same code a message with it gets)."""
+        return ProblemCode.REVOKED_KEY if self.revoked else ProblemCode.SUPERSEDED_KEY
 
 
 def generate_key(randomness: Randomness) -> Ed25519PrivateKey:

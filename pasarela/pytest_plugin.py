@@ -56,7 +56,7 @@ from gateway.trust import (
     load_private_key,
     private_key_pem,
 )
-from pasarela.runtime import guard_alerts
+from pasarela.runtime import directory_from_trust, guard_alerts
 
 __all__ = [
     "AgencyFactory",
@@ -582,7 +582,7 @@ class _InProcessGateway(PasarelaGateway):
         trust = self._pki.trust
         revision = trust.revision  # read first: a change while building shows next time
         if self._directory is None or self._directory[0] != revision:
-            self._directory = (revision, _directory_of(trust, gateway_code=self.code))
+            self._directory = (revision, directory_from_trust(trust, gateway_code=self.code))
         return self._directory[1]
 
     def _agency(
@@ -742,21 +742,6 @@ async def _fetch_conf(url: str) -> tuple[bytes, str | None]:
     if response.status != 200:
         raise RuntimeError(f"GET {url}/v1/conf answered {response.status}")
     return response.body, response.header(HEADER_SIGNATURE)
-
-
-def _directory_of(trust: TrustStore, *, gateway_code: str) -> Directory:
-    """The current, unrevoked keys of ``trust``, read from one copy of its records."""
-    records, generation = trust.records(), trust.generation
-    current = [r for r in records if r.generation == generation and not r.revoked]
-    own = [r for r in current if r.agency == gateway_code]
-    if not own:
-        raise RuntimeError(f"no current certificate for the gateway {gateway_code}")
-    return Directory(
-        gateway_code=gateway_code,
-        gateway_key=own[-1].public_key,
-        gateway_kid=own[-1].kid,
-        certificates={r.kid: (r.agency, r.public_key) for r in current if r.agency != gateway_code},
-    )
 
 
 def _covers(have: Mapping[str, Any], want: Grant) -> bool:

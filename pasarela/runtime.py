@@ -96,20 +96,19 @@ def build_gateway_app(
 
 
 def directory_from_trust(trust: TrustStore, *, gateway_code: str) -> Directory:
-    """What an agency host needs to know of keys, taken straight from the trust store."""
-    gateway_keys = trust.current_keys(gateway_code)
-    if not gateway_keys:
+    """What an agency host needs to know of keys, taken straight from the trust store: the
+    current generation's unrevoked certificates (read from one copy of the records, so a
+    store changed by another thread meanwhile is seen whole or not at all)."""
+    records, generation = trust.records(), trust.generation
+    current = [r for r in records if r.generation == generation and not r.revoked]
+    own = [r for r in current if r.agency == gateway_code]
+    if not own:
         raise StateError(f"no current certificate for the gateway {gateway_code}")
-    certificates = {
-        record.kid: (record.agency, record.public_key)
-        for record in trust.records()
-        if not record.revoked and record.agency != gateway_code
-    }
     return Directory(
         gateway_code=gateway_code,
-        gateway_key=gateway_keys[-1].public_key,
-        gateway_kid=gateway_keys[-1].kid,
-        certificates=certificates,
+        gateway_key=own[-1].public_key,
+        gateway_kid=own[-1].kid,
+        certificates={r.kid: (r.agency, r.public_key) for r in current if r.agency != gateway_code},
     )
 
 

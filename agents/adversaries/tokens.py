@@ -74,7 +74,7 @@ def _fetching_header(name: str) -> Run:
                 )
                 token.header["jwk"] = {"kty": "OKP", "crv": "Ed25519", "x": b64url_encode(raw)}
             else:
-                token.header["x5c"] = [_self_signed(attacker, lab.sender)]
+                token.header["x5c"] = [_self_signed(attacker, lab.sender, now=lab.now())]
             await lab.send(o, token.compact())
             if probe.hits:
                 o.blocked = False
@@ -83,18 +83,18 @@ def _fetching_header(name: str) -> Run:
     return run
 
 
-def _self_signed(key: Ed25519PrivateKey, code: str) -> str:
+def _self_signed(key: Ed25519PrivateKey, code: str, *, now: float) -> str:
     """A base64 DER certificate for ``code`` signed by the attacker's own key."""
     name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, code)])
-    now = dt.datetime.now(dt.UTC)
+    issued = dt.datetime.fromtimestamp(now, tz=dt.UTC)
     certificate = (
         x509.CertificateBuilder()
         .subject_name(name)
         .issuer_name(name)
         .public_key(key.public_key())
         .serial_number(x509.random_serial_number())
-        .not_valid_before(now - dt.timedelta(days=1))
-        .not_valid_after(now + dt.timedelta(days=30))
+        .not_valid_before(issued - dt.timedelta(days=1))
+        .not_valid_after(issued + dt.timedelta(days=30))
         .sign(key, None)
     )
     return base64.b64encode(certificate.public_bytes(serialization.Encoding.DER)).decode()
