@@ -169,6 +169,54 @@ def _add_rehearsal_parsers(commands: argparse._SubParsersAction[argparse.Argumen
     )
     attack.add_argument("--list", action="store_true", help="list profiles and techniques")
 
+    conformance = commands.add_parser(
+        "conformance",
+        help="check an agency connector at a URL against the wire protocol (black box)",
+        description="Play the gateway and a peer agency against the connector and run named "
+        "checks of the wire protocol, as provider and as consumer. Exit codes: 0 conformant, "
+        "1 a check failed (or nothing was exchanged successfully), 2 usage error, "
+        "3 infrastructure error (connector unreachable, port taken).",
+    )
+    conformance.add_argument("--connector", metavar="URL", help="the connector's base URL")
+    conformance.add_argument("--agency", metavar="CODE", help="the agency the connector serves")
+    conformance.add_argument(
+        "--state", type=Path, metavar="STATE_DIR", help="the state whose keys the connector holds"
+    )
+    conformance.add_argument(
+        "--listen",
+        default="127.0.0.1:8700",
+        metavar="HOST:PORT",
+        help="where the kit's gateway listens: the connector's gateway URL (127.0.0.1:8700)",
+    )
+    conformance.add_argument(
+        "--peer", default="PORTAL", metavar="CODE", help="the agency the kit plays (PORTAL)"
+    )
+    conformance.add_argument(
+        "--service", default="ping", metavar="CODE", help="the service exchanged (ping)"
+    )
+    conformance.add_argument(
+        "--checks", action="append", default=[], metavar="IDS",
+        help="run only these checks: ids or glob patterns, comma-separated (repeatable)",
+    )  # fmt: skip
+    conformance.add_argument(
+        "--exclude-checks", action="append", default=[], metavar="IDS",
+        help="leave these checks out: ids or glob patterns, comma-separated (repeatable)",
+    )  # fmt: skip
+    conformance.add_argument("--seed", type=int, default=None, help="the kit's randomness")
+    conformance.add_argument(
+        "--timeout", type=float, default=15.0, metavar="S", help="per exchange (15)"
+    )
+    conformance.add_argument(
+        "--wait", type=float, default=0.0, metavar="S",
+        help="wait up to S seconds for the connector to come up (0)",
+    )  # fmt: skip
+    conformance.add_argument("--junit-xml", type=Path, metavar="FILE", help="JUnit XML report")
+    conformance.add_argument("--json", type=Path, metavar="FILE", help="JSON report")
+    conformance.add_argument(
+        "--transcript", type=Path, metavar="FILE", help="every exchange, as JSON lines"
+    )
+    conformance.add_argument("--list-checks", action="store_true", help="list the checks")
+
     plan = commands.add_parser("plan", help="reconnection plans")
     plan_commands = plan.add_subparsers(dest="plan_command", required=True)
     validate = plan_commands.add_parser(
@@ -472,6 +520,92 @@ def _attack(args: argparse.Namespace) -> int:
     return EXIT_FAILED if failed else EXIT_OK
 
 
+def _listen(value: str) -> tuple[str, int] | None:
+    host, _, port = value.rpartition(":")
+    if not host or not port.isdigit() or not 0 < int(port) < 65536:
+        return None
+    return host.strip("[]"), int(port)
+
+
+def _conformance(args: argparse.Namespace) -> int:
+    import secrets
+    from urllib.parse import urlsplit
+
+    from pasarela.conformance import (
+        CHECKS,
+        InfrastructureError,
+        KitSettings,
+        UsageError,
+        run_conformance,
+        select_checks,
+    )
+    from pasarela.conformance.report import (
+        print_report,
+        print_result,
+        to_json,
+        write_junit,
+        write_transcript,
+    )
+
+    if args.list_checks:
+        for check in CHECKS:
+            console.print(f"{check.id:<36} {check.title}", markup=False)
+        return EXIT_OK
+    missing = [f"--{n}" for n in ("connector", "agency", "state") if getattr(args, n) is None]
+    if missing:
+        errors.print(f"pasarela: conformance needs {', '.join(missing)} (or --list-checks)")
+        return EXIT_USAGE
+    url = urlsplit(args.connector)
+    listen = _listen(args.listen)
+    problem = None
+    if url.scheme not in ("http", "https") or not url.hostname:
+        problem = f"--connector {args.connector!r} is not an http(s) URL"
+    elif listen is None:
+        problem = f"--listen {args.listen!r} is not HOST:PORT"
+    elif args.timeout <= 0 or args.wait < 0:
+        problem = "--timeout must be positive and --wait not negative"
+    if problem is not None or listen is None:
+        errors.print(f"pasarela: {problem}", markup=False)
+        return EXIT_USAGE
+    seed = args.seed if args.seed is not None else secrets.randbelow(2**31)
+    settings = KitSettings(
+        connector=args.connector.rstrip("/"),
+        agency=args.agency,
+        state=state_path(args.state),
+        host=listen[0],
+        port=listen[1],
+        peer=args.peer,
+        service=args.service,
+        seed=seed,
+        timeout=args.timeout,
+        wait=args.wait,
+    )
+    try:
+        checks = select_checks(args.checks, args.exclude_checks)
+        console.print(
+            f"pasarela conformance: {len(checks)} checks against {settings.connector} "
+            f"({settings.agency}); the kit's gateway is {settings.gateway_url}; seed {seed}",
+            markup=False,
+        )
+        report = asyncio.run(
+            run_conformance(settings, checks, progress=lambda r: print_result(console, r))
+        )
+    except UsageError as exc:
+        errors.print(f"pasarela: {exc}", markup=False)
+        return EXIT_USAGE
+    except InfrastructureError as exc:
+        errors.print(f"pasarela: {exc}", markup=False)
+        return EXIT_INFRA
+    print_report(console, report)
+    if args.json is not None:
+        args.json.write_text(json.dumps(to_json(report), indent=2, ensure_ascii=False) + "\n")
+    if args.junit_xml is not None:
+        write_junit(report, args.junit_xml)
+    if args.transcript is not None:
+        write_transcript(report, args.transcript)
+    return report.exit_code
+
+
 def _overrides(pairs: list[str]) -> dict[str, str]:
     from scenarios.model import ScenarioError
 
@@ -547,6 +681,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _plan_validate(args)
         if args.command == "attack":
             return _attack(args)
+        if args.command == "conformance":
+            return _conformance(args)
         return _demo(args)
     except StateError as exc:
         errors.print(f"pasarela: {exc}")
