@@ -7,6 +7,7 @@ import json
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
@@ -18,10 +19,12 @@ __all__ = [
     "Difference",
     "Exchange",
     "InfrastructureError",
+    "KitSettings",
     "Outcome",
     "Side",
     "UsageError",
     "Violation",
+    "catalogue",
     "differences",
 ]
 
@@ -45,6 +48,36 @@ class UsageError(Exception):
 
 class InfrastructureError(Exception):
     """The run could not start: connector unreachable, port taken (exit code 3)."""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class KitSettings:
+    """What ``pasarela conformance`` was asked to do."""
+
+    connector: str  # the connector's base URL
+    agency: str
+    state: Path
+    host: str = "127.0.0.1"  # where the kit's gateway listens
+    port: int = 8700
+    peer: str = "PORTAL"
+    service: str = "ping"
+    seed: int = 0
+    timeout: float = 15.0  # per exchange with the connector
+    wait: float = 0.0  # how long to wait for the connector to come up
+    retry_after: int = 1  # the Retry-After the kit's 429 and 503 carry
+
+    @property
+    def gateway_url(self) -> str:
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"http://{host}:{self.port}"
+
+    @property
+    def endpoint(self) -> str:
+        return f"{self.connector.rstrip('/')}/agencies/{self.agency}/messages"
+
+    @property
+    def trigger_url(self) -> str:
+        return f"{self.connector.rstrip('/')}/trigger/send"
 
 
 @dataclass(frozen=True, slots=True)
@@ -223,6 +256,32 @@ class Check:
     description: str
     reference: str  # where docs/protocol.md says so
     run: CheckFunction
+
+
+def catalogue(
+    side: Side, into: list[Check]
+) -> Callable[[str, str, str, str], Callable[[CheckFunction], CheckFunction]]:
+    """A decorator that registers a check function of ``side`` in ``into``, in order."""
+
+    def check(
+        name: str, title: str, reference: str, description: str
+    ) -> Callable[[CheckFunction], CheckFunction]:
+        def register(run: CheckFunction) -> CheckFunction:
+            into.append(
+                Check(
+                    id=f"{side}.{name}",
+                    side=side,
+                    title=title,
+                    description=description,
+                    reference=reference,
+                    run=run,
+                )
+            )
+            return run
+
+        return register
+
+    return check
 
 
 @dataclass(slots=True, kw_only=True)

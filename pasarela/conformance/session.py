@@ -13,28 +13,24 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import dataclasses
 import json
 import time
 from collections import defaultdict, deque
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit
 
 import aiohttp
 from aiohttp import web
-from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from agents.host import AgencyHost
-from agents.verification import Directory, Identity, encode_json, new_message_id
+from agents.verification import Directory, encode_json, new_message_id
 from gateway.admin import conf_document
 from gateway.clock import SeededRandomness, SystemClock
 from gateway.detection import DetectionPolicy
 from gateway.log import LogEntry, MessageLog
-from gateway.pipeline import Decision, Verdict, decide
+from gateway.pipeline import Decision, decide
 from gateway.protocol import (
     HEADER_RECEIPT,
     HEADER_SIGNATURE,
@@ -45,60 +41,28 @@ from gateway.protocol import (
     MessageClaims,
     ProblemCode,
     ReceiptClaims,
-    b64url_decode,
     body_digest,
     problem_document,
     sign_token,
 )
-from gateway.registry import ConnectionState, Grant, Registry, RegistryError
 from gateway.service import Gateway, GatewayConfig
-from gateway.state import DEFAULT_GATEWAY_CODE
-from gateway.store import read_documents
 from gateway.testing import MemoryLogStore
-from gateway.transport import MemoryTransport, WireRequest, WireResponse
-from gateway.trust import CertificateAuthority, TrustStore, generate_key, load_private_key
+from gateway.transport import MemoryTransport, WireRequest
+from gateway.trust import generate_key
+from pasarela.conformance.actions import Action, relay, token_claims, token_header
+from pasarela.conformance.kitstate import load_state, prepare_registry
 from pasarela.conformance.model import (
     MISSING,
     Check,
     Exchange,
     InfrastructureError,
-    UsageError,
+    KitSettings,
 )
 
 __all__ = ["HEADER_TEST_CASE", "Arrival", "KitSettings", "Session"]
 
 HEADER_TEST_CASE = "Pasarela-Test-Case"
 PEER_ORIGIN = "http://peer.conformance.invalid"
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class KitSettings:
-    """What ``pasarela conformance`` was asked to do."""
-
-    connector: str  # the connector's base URL
-    agency: str
-    state: Path
-    host: str = "127.0.0.1"  # where the kit's gateway listens
-    port: int = 8700
-    peer: str = "PORTAL"
-    service: str = "ping"
-    seed: int = 0
-    timeout: float = 15.0  # per exchange with the connector
-    wait: float = 0.0  # how long to wait for the connector to come up
-    retry_after: int = 1  # the Retry-After the kit's 429 and 503 carry
-
-    @property
-    def gateway_url(self) -> str:
-        host = f"[{self.host}]" if ":" in self.host else self.host
-        return f"http://{host}:{self.port}"
-
-    @property
-    def endpoint(self) -> str:
-        return f"{self.connector.rstrip('/')}/agencies/{self.agency}/messages"
-
-    @property
-    def trigger_url(self) -> str:
-        return f"{self.connector.rstrip('/')}/trigger/send"
 
 
 @dataclass(slots=True, kw_only=True)
@@ -119,102 +83,6 @@ class Arrival:
         return self.claims.get("jti", MISSING) if isinstance(self.claims, dict) else MISSING
 
 
-Action = Callable[["Session", WireRequest, Arrival], Awaitable[WireResponse]]
-
-
-def _segment(token: str | None, index: int) -> Any:
-    if not token:
-        return MISSING
-    try:
-        value = json.loads(b64url_decode(token.split(".")[index]))
-    except (ValueError, IndexError, UnicodeDecodeError):
-        return MISSING
-    return value if isinstance(value, dict) else MISSING
-
-
-def token_header(token: str | None) -> Any:
-    """The JOSE header of a compact JWS, unverified (MISSING when unreadable)."""
-    return _segment(token, 0)
-
-
-def token_claims(token: str | None) -> Any:
-    """The claims of a compact JWS, unverified (MISSING when unreadable)."""
-    return _segment(token, 1)
-
-
-@dataclass(slots=True)
-class _Loaded:
-    gateway_code: str
-    gateway_key: Ed25519PrivateKey
-    trust: TrustStore
-    registry: Registry
-    peer: Identity
-
-
-def _load_state(settings: KitSettings) -> _Loaded:
-    """Read what the kit needs from the state directory, without writing anything."""
-    root = settings.state
-    database = root / "state.db"
-    if not database.is_file():
-        raise UsageError(f"--state {root}: not a pasarela state (no state.db; run `pasarela init`)")
-    try:
-        docs = read_documents(database, "config", "trust", "registry")
-        config = json.loads(docs["config"])
-        ca = CertificateAuthority(
-            load_private_key((root / "ca" / "key.pem").read_bytes()),
-            x509.load_pem_x509_certificate((root / "ca" / "cert.pem").read_bytes()),
-        )
-        trust = TrustStore.restore(ca, json.loads(docs["trust"]))
-        registry = Registry.restore(json.loads(docs["registry"]))
-        gateway_key = load_private_key((root / "gateway" / "key.pem").read_bytes())
-    except KeyError as exc:
-        raise UsageError(f"--state {root}: state.db has no {exc.args[0]!r} document") from exc
-    except (OSError, ValueError) as exc:
-        raise UsageError(f"--state {root}: cannot read the state: {exc}") from exc
-    code = str(config.get("gateway_code", DEFAULT_GATEWAY_CODE))
-    for who in (settings.agency, settings.peer):
-        if registry.get(who) is None:
-            raise UsageError(f"--state {root}: no agency {who} in its registry")
-    if settings.agency == settings.peer:
-        raise UsageError(f"--peer must be another agency than --agency ({settings.agency})")
-    if not trust.current_keys(settings.agency):
-        raise UsageError(f"--state {root}: agency {settings.agency} holds no current certificate")
-    folder = root / "agencies" / settings.peer
-    try:
-        peer = Identity.from_files(folder / "key.pem", folder / "cert.pem")
-    except (OSError, ValueError) as exc:
-        detail = f"cannot read the key of the peer {settings.peer}: {exc}"
-        raise UsageError(f"--state {root}: {detail}") from exc
-    if peer.kid not in {record.kid for record in trust.current_keys(settings.peer)}:
-        raise UsageError(
-            f"--state {root}: the key in agencies/{settings.peer} is not {settings.peer}'s "
-            "current certificate (pick another --peer)"
-        )
-    return _Loaded(code, gateway_key, trust, registry, peer)
-
-
-def _prepare_registry(registry: Registry, settings: KitSettings) -> None:
-    """Both parties connected, the service offered, calls allowed both ways."""
-    for code, endpoint in (
-        (settings.agency, settings.endpoint),
-        (settings.peer, f"{PEER_ORIGIN}/agencies/{settings.peer}/messages"),
-    ):
-        agency = registry.require(code)
-        try:
-            registry.add(
-                dataclasses.replace(
-                    agency,
-                    endpoint=endpoint,
-                    services=agency.services | {settings.service},
-                    state=ConnectionState.CONNECTED,
-                )
-            )
-        except RegistryError as exc:
-            raise UsageError(f"--service {settings.service}: {exc}") from exc
-    registry.grant(Grant(client=settings.peer, provider=settings.agency, service=settings.service))
-    registry.grant(Grant(client=settings.agency, provider=settings.peer, service=settings.service))
-
-
 @dataclass(slots=True)
 class _CaseLog:
     arrivals: dict[str, list[Arrival]] = field(default_factory=lambda: defaultdict(list))
@@ -227,8 +95,12 @@ class Session:
 
     def __init__(self, settings: KitSettings) -> None:
         self.settings = settings
-        loaded = _load_state(settings)
-        _prepare_registry(loaded.registry, settings)
+        loaded = load_state(settings)
+        prepare_registry(
+            loaded.registry,
+            settings,
+            peer_endpoint=f"{PEER_ORIGIN}/agencies/{settings.peer}/messages",
+        )
         self.clock = SystemClock()
         self.randomness = SeededRandomness(settings.seed)
         self.peer = loaded.peer
@@ -270,6 +142,8 @@ class Session:
         self._cases = _CaseLog()
         self._case_numbers: dict[str, int] = defaultdict(int)
         self._current_case = ""
+        #: What the kit's gateway does with a message no script speaks of.
+        self.default_action: Action = relay()
         self._client: aiohttp.ClientSession | None = None
         self._runner: web.AppRunner | None = None
 
@@ -293,6 +167,7 @@ class Session:
         app.router.add_get("/v1/conf", self._on_conf)
         app.router.add_get("/v1/health", self._on_health)
         app.router.add_post("/v1/messages", self._on_message)
+        app.router.add_route("*", "/{path:.*}", self._on_other)
         self._runner = web.AppRunner(app, access_log=None)
         await self._runner.setup()
         site = web.TCPSite(self._runner, self.settings.host, self.settings.port)
@@ -487,6 +362,14 @@ class Session:
     async def _on_health(self, request: web.Request) -> web.Response:
         return web.json_response({"status": "ok", "kit": "pasarela conformance"})
 
+    async def _on_other(self, request: web.Request) -> web.Response:
+        """What the kit's gateway does not play (enrolment, admin): 404 as problem+json."""
+        detail = f"the conformance kit does not serve {request.method} {request.path}"
+        document = problem_document(ProblemCode.NOT_FOUND, detail)
+        return web.Response(
+            status=404, body=encode_json(document), content_type=PROBLEM_CONTENT_TYPE
+        )
+
     async def _on_message(self, request: web.Request) -> web.Response:
         body = await request.read()
         headers = dict(request.headers.items())
@@ -518,7 +401,7 @@ class Session:
             url=str(request.url), headers=headers, body=body, peer=request.remote or ""
         )
         script = self._cases.scripts.get(case)
-        action = script.popleft() if script else relay()
+        action = script.popleft() if script else self.default_action
         answer = await action(self, wire, arrival)
         exchange.status = answer.status
         exchange.response_headers = dict(answer.headers)
@@ -538,80 +421,3 @@ class Session:
 
     async def _peer_service(self, claims: MessageClaims, body: bytes) -> tuple[int, bytes]:
         return 200, encode_json({"estado": "00", "recibido": claims.jti})
-
-
-# -- actions of the kit's gateway -------------------------------------------------------
-def relay(transform: Callable[[Session, WireResponse], WireResponse] | None = None) -> Action:
-    """Let the real gateway relay the message to the peer (and tamper with the answer)."""
-
-    async def act(session: Session, wire: WireRequest, arrival: Arrival) -> WireResponse:
-        answer = await session.gateway.relay(wire)
-        if transform is not None:
-            answer = transform(session, answer)
-        jti = token_claims(answer.header(HEADER_SIGNATURE))
-        if isinstance(jti, dict) and isinstance(jti.get("jti"), str):
-            arrival.answer_jti = jti["jti"]
-        arrival.exchange.note = "relayed" if transform is None else f"relayed, {transform.__doc__}"
-        return answer
-
-    return act
-
-
-def refuse(code: ProblemCode, *, retry_after: int | None = None) -> Action:
-    """Answer as the gateway does when it refuses: an unsigned problem document."""
-
-    async def act(session: Session, wire: WireRequest, arrival: Arrival) -> WireResponse:
-        jti = arrival.jti if isinstance(arrival.jti, str) else None
-        document = problem_document(code, "conformance kit: refused on purpose", jti=jti)
-        headers = {"Content-Type": PROBLEM_CONTENT_TYPE}
-        if retry_after is not None:
-            headers["Retry-After"] = str(retry_after)
-        arrival.exchange.note = f"refused as {code} on purpose"
-        return WireResponse(status=code.status, headers=headers, body=encode_json(document))
-
-    return act
-
-
-def _replace(answer: WireResponse, name: str, value: str) -> WireResponse:
-    headers = {k: v for k, v in answer.headers.items() if k.lower() != name.lower()}
-    headers[name] = value
-    return WireResponse(status=answer.status, headers=headers, body=answer.body)
-
-
-def forge_receipt(session: Session, answer: WireResponse) -> WireResponse:
-    """its receipt re-signed by a key that is not the gateway's"""
-    claims = token_claims(answer.header(HEADER_RECEIPT))
-    if not isinstance(claims, dict):
-        return answer
-    forged = sign_token(
-        claims, session.foreign_key, kid=session.gateway.key_record.kid, typ=TYP_RECEIPT
-    )
-    return _replace(answer, HEADER_RECEIPT, forged)
-
-
-def forge_answer(session: Session, answer: WireResponse) -> WireResponse:
-    """the answer's token re-signed by a key that is not the peer's"""
-    claims = token_claims(answer.header(HEADER_SIGNATURE))
-    if not isinstance(claims, dict):
-        return answer
-    forged = sign_token(claims, session.foreign_key, kid=session.peer.kid, typ=TYP_MESSAGE)
-    return _replace(answer, HEADER_SIGNATURE, forged)
-
-
-def mismatch_answer(session: Session, answer: WireResponse) -> WireResponse:
-    """the answer re-signed by the peer with the corr of another message"""
-    claims = token_claims(answer.header(HEADER_SIGNATURE))
-    if not isinstance(claims, dict):
-        return answer
-    claims = {**claims, "corr": new_message_id(session.settings.agency, session.randomness)}
-    token = sign_token(claims, session.peer.key, kid=session.peer.kid, typ=TYP_MESSAGE)
-    return _replace(answer, HEADER_SIGNATURE, token)
-
-
-def accepted(decision: Decision) -> bool:
-    return decision.verdict in (Verdict.ACCEPT, Verdict.RETRY)
-
-
-def origin(url: str) -> str:
-    parts = urlsplit(url)
-    return f"{parts.scheme}://{parts.netloc}"
