@@ -1,9 +1,12 @@
-"""Everything that talks to the gateway: the connector library and the agency host."""
+"""Everything that talks to the gateway: the connector library, the agency host and the
+cache of the gateway's configuration document (a connector process's plumbing is in
+:mod:`agents.connector_process`)."""
 
 from __future__ import annotations
 
+from agents.conf import ConfCache, ConfUnavailable
 from agents.connector import Connector, Reply, RetryPolicy
-from agents.host import AgencyHost, ServiceHandler, load_identities, ping
+from agents.host import AgencyHost, ServiceHandler, acknowledge, load_identities, ping
 from agents.verification import (
     ConnectorError,
     Directory,
@@ -18,6 +21,8 @@ from agents.verification import (
 
 __all__ = [
     "AgencyHost",
+    "ConfCache",
+    "ConfUnavailable",
     "Connector",
     "ConnectorError",
     "Directory",
@@ -28,6 +33,7 @@ __all__ = [
     "ServiceHandler",
     "Unreachable",
     "VerificationFailed",
+    "acknowledge",
     "load_identities",
     "ping",
     "sign_message",

@@ -3,8 +3,9 @@
 A :class:`Connector` signs a message (``Pasarela-Signature``), posts it to the gateway,
 retries what is worth retrying with the same ``jti`` and body bytes, and verifies the
 answer: the receiver's signed response and the gateway's receipt. Identities, the
-directory of keys and the checks themselves live in :mod:`agents.verification`. Time and
-randomness are always injected.
+directory of keys and the checks themselves live in :mod:`agents.verification`; a
+long-running connector can keep its keys in a shared :class:`agents.conf.ConfCache`. Time
+and randomness are always injected.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from typing import Any, Final
 from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
+from agents.conf import ConfCache
 from agents.verification import (
     JSON_CONTENT_TYPE,
     ConnectorError,
@@ -89,7 +91,16 @@ _RETRYABLE: Final = frozenset({429, 503})
 
 
 class Connector:
-    """One agency's client of the gateway: sign, send, retry, verify."""
+    """One agency's client of the gateway: sign, send, retry, verify.
+
+    Where the keys come from: a fixed ``directory`` (never replaced); a
+    ``directory_source`` called before each send (many parties in one process sharing a
+    directory their owner keeps current); a ``conf`` cache shared with the agency's
+    receiving side (:class:`~agents.conf.ConfCache`: fetched when due, and again, at most
+    once a second, when an answer is signed under an unknown ``kid``); or, with none of
+    them, the gateway's configuration document fetched once when first needed and again
+    for an unknown ``kid`` (verified against ``ca_certificate`` when given).
+    """
 
     def __init__(
         self,
@@ -106,9 +117,12 @@ class Connector:
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
         ca_certificate: x509.Certificate | None = None,
         timeout: float = 30.0,
+        conf: ConfCache | None = None,
     ) -> None:
         if not 1 <= lifetime <= MAX_LIFETIME_SECONDS:
             raise ValueError(f"lifetime must be 1..{MAX_LIFETIME_SECONDS} seconds")
+        if conf is not None and (directory is not None or directory_source is not None):
+            raise ValueError("conf takes the place of directory and directory_source")
         self.identity = identity
         self._base = gateway_url.rstrip("/")
         self._owns_transport = transport is None
@@ -120,6 +134,7 @@ class Connector:
         # Many parties in one process (virtual time) can share one directory kept current
         # by its owner, instead of each fetching and verifying the whole configuration.
         self._source = directory_source
+        self._conf = conf
         self._retry = retry or RetryPolicy()
         self._lifetime = lifetime
         self._sleep = sleep
@@ -129,10 +144,19 @@ class Connector:
 
     @property
     def directory(self) -> Directory | None:
+        """The directory at hand (with ``conf``: the cache's, None before its first fetch)."""
+        if self._conf is not None:
+            return self._conf.current() if self._conf.loaded else None
         return self._directory
 
     async def fetch_conf(self) -> Directory:
-        """GET the gateway's conf document, verify it, keep and return its directory."""
+        """GET the gateway's conf document, verify it, keep and return its directory.
+
+        With ``conf``, the shared cache fetches instead, at most once a second
+        (:meth:`~agents.conf.ConfCache.refetch_for_unknown_kid`).
+        """
+        if self._conf is not None:
+            return await self._conf.refetch_for_unknown_kid()
         request = WireRequest(method="GET", url=f"{self._base}/v1/conf")
         response, _ = await self._exchange(lambda: request, idempotent=True)
         if response.status != 200:
@@ -148,6 +172,8 @@ class Connector:
         return self._directory
 
     async def _ensure_directory(self) -> Directory:
+        if self._conf is not None:
+            return await self._conf.directory()
         if self._source is not None:
             return self._source()
         async with self._conf_lock:
@@ -178,7 +204,9 @@ class Connector:
 
         ``body`` bytes go as they are, anything else as compact JSON. Every attempt
         carries the same ``jti`` and body; the token is re-signed (fresh ``iat``) only
-        when less than half its lifetime is left.
+        when less than half its lifetime is left. With ``conf``, a configuration document
+        that cannot be had raises :class:`~agents.conf.ConfUnavailable` before anything
+        is sent.
         """
         payload = body if isinstance(body, bytes) else encode_json(body)
         message_id = jti if jti is not None else self.new_jti()
@@ -204,7 +232,8 @@ class Connector:
         except VerificationFailed as exc:
             if exc.code is not ProblemCode.UNKNOWN_KEY or not self._refreshable:
                 raise
-            # The receiver may have re-enrolled since the directory was read.
+            # The receiver may have re-enrolled since the directory was read (with conf,
+            # fetch_conf is the cache's rate-limited refetch).
             directory = self._source() if self._source else await self.fetch_conf()
             claims, receipt = self._verify_reply(response, directory, to, service, message_id)
         return Reply(

@@ -45,7 +45,7 @@ from gateway.protocol import (
 from gateway.service import problem_response
 from gateway.transport import WireRequest, WireResponse, header_value
 
-__all__ = ["AgencyHost", "ServiceHandler", "load_identities", "ping"]
+__all__ = ["AgencyHost", "ServiceHandler", "acknowledge", "load_identities", "ping"]
 
 ServiceHandler = Callable[[MessageClaims, bytes], Awaitable[tuple[int, bytes]]]
 
@@ -55,6 +55,12 @@ _ENDPOINT: Final = re.compile(r"/agencies/([^/]+)/messages")
 async def ping(claims: MessageClaims, body: bytes) -> tuple[int, bytes]:
     """The ``ping`` service: echo the request body."""
     return 200, body
+
+
+async def acknowledge(claims: MessageClaims, body: bytes) -> tuple[int, bytes]:
+    """A service that acknowledges receipt: ``200 {"estado": "00", "recibido": <jti>}``
+    (the example connectors' ``fallback``: any service the gateway delivers)."""
+    return 200, encode_json({"estado": "00", "recibido": claims.jti})
 
 
 @dataclass(slots=True, kw_only=True)
@@ -67,7 +73,14 @@ class _Answer:
 
 
 class AgencyHost:
-    """Serves ``/agencies/{code}/messages`` for every identity it holds."""
+    """Serves ``/agencies/{code}/messages`` for every identity it holds.
+
+    ``services`` maps service names to their handlers (default: :func:`ping` only);
+    ``fallback`` handles every service not in ``services``. Without a fallback such a
+    service gets a signed ``not-found`` answer. ``directory`` is the keys to verify with,
+    or a callable returning them at each delivery (kept current by its owner, such as
+    :meth:`agents.conf.ConfCache.current`).
+    """
 
     def __init__(
         self,
@@ -79,12 +92,14 @@ class AgencyHost:
         services: Mapping[str, ServiceHandler] | None = None,
         leeway: int = LEEWAY_SECONDS,
         lifetime: int = 60,
+        fallback: ServiceHandler | None = None,
     ) -> None:
         self._identities = dict(identities)
         self._directory = directory
         self._clock = clock
         self._randomness = randomness
         self._services: dict[str, ServiceHandler] = dict(services or {"ping": ping})
+        self._fallback = fallback
         self._leeway = leeway
         self._lifetime = lifetime
         #: Messages answered per agency (retries answered from memory are not counted).
@@ -166,7 +181,7 @@ class AgencyHost:
         return response
 
     async def _answer(self, identity: Identity, claims: MessageClaims, body: bytes) -> WireResponse:
-        service = self._services.get(claims.svc)
+        service = self._services.get(claims.svc, self._fallback)
         if service is None:
             status, content_type = ProblemCode.NOT_FOUND.status, PROBLEM_CONTENT_TYPE
             detail = f"{identity.code} offers no service {claims.svc}"

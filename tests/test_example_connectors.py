@@ -8,6 +8,7 @@ package: they are loaded by path.
 
 from __future__ import annotations
 
+import ast
 import asyncio
 import contextlib
 import hashlib
@@ -181,11 +182,117 @@ def _without(headers: dict[str, str], name: str) -> dict[str, str]:
     return {k: v for k, v in headers.items() if k != name}
 
 
+def _log_lines(capsys: pytest.CaptureFixture[str], event: str) -> list[dict[str, Any]]:
+    """The connector's JSON log lines of ``event`` written to stderr since the last read."""
+    lines = [json.loads(line) for line in capsys.readouterr().err.splitlines() if line[:1] == "{"]
+    return [line for line in lines if line["event"] == event]
+
+
+# -- both ---------------------------------------------------------------------------------------
+def _private(name: str) -> bool:
+    return name.startswith("_") and not (name.startswith("__") and name.endswith("__"))
+
+
+def _private_uses(source: str) -> list[str]:
+    """Where ``source`` reaches past the library's public API: a name imported from
+    agents.* or gateway.* that is not in the module's ``__all__`` (nor a module), a private
+    attribute of anything but ``self``, or, in a subclass of a library class, a private
+    method or attribute (the library's own, overridden or replaced)."""
+    tree = ast.parse(source)
+    library: set[str] = set()
+    found: list[str] = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.ImportFrom) and node.module:
+            if node.module.split(".")[0] not in {"agents", "gateway"}:
+                continue
+            module = importlib.import_module(node.module)
+            for alias in node.names:
+                library.add(alias.asname or alias.name)
+                if alias.name not in module.__all__ and not isinstance(
+                    getattr(module, alias.name, None), ModuleType
+                ):
+                    found.append(f"{node.module}.{alias.name}")
+        elif isinstance(node, ast.Attribute) and _private(node.attr):
+            mine = isinstance(node.value, ast.Name) and node.value.id == "self"
+            if not mine:
+                found.append(ast.unparse(node))
+    for node in ast.walk(tree):
+        if not isinstance(node, ast.ClassDef):
+            continue
+        if not any(isinstance(base, ast.Name) and base.id in library for base in node.bases):
+            continue
+        for inner in ast.walk(node):
+            name = None
+            if isinstance(inner, ast.FunctionDef | ast.AsyncFunctionDef):
+                name = inner.name
+            elif isinstance(inner, ast.Attribute):
+                name = inner.attr
+            if name and _private(name):
+                found.append(f"{node.name}.{name}")
+    return found
+
+
+@pytest.mark.parametrize("module", [reference, broken], ids=["python", "broken"])
+def test_examples_use_only_the_librarys_public_api(module: ModuleType) -> None:
+    assert module.__file__ is not None
+    assert _private_uses(Path(module.__file__).read_text(encoding="utf-8")) == []
+
+
+def test_the_public_api_check_finds_private_uses() -> None:
+    source = """
+from agents.connector import Connector, _RETRYABLE
+from agents.host import AgencyHost
+class _Client(Connector):
+    async def _ensure_directory(self): ...
+class _Host(AgencyHost):
+    def __init__(self):
+        self._services = {}
+host = AgencyHost()
+host._answers.clear()
+super().__init__()
+"""
+    assert _private_uses(source) == [
+        "agents.connector._RETRYABLE",
+        "host._answers",
+        "_Client._ensure_directory",
+        "_Host._services",
+    ]
+
+
+def test_examples_take_their_settings_from_the_environment_and_flags() -> None:
+    environ = {
+        "PASARELA_GATEWAY_URL": "http://127.0.0.1:8700",
+        "PASARELA_AGENCY": CODE,
+        "PASARELA_KEY": "key.pem",
+        "PASARELA_CERT": "cert.pem",
+        "PASARELA_CA": "ca.pem",
+        "PORT": "9100",
+        "PASARELA_DEFECTS": "wrong-corr",
+    }
+    settings = reference.parse_settings(["--host", "0.0.0.0"], environ)
+    assert settings == reference.Settings(
+        gateway_url="http://127.0.0.1:8700",
+        agency=CODE,
+        key=Path("key.pem"),
+        cert=Path("cert.pem"),
+        ca=Path("ca.pem"),
+        host="0.0.0.0",
+        port=9100,
+    )
+    assert broken.parse_settings(["--host", "0.0.0.0"], environ) == (settings, {"wrong-corr"})
+    assert broken.parse_settings(["--defects", "none"], environ)[1] == frozenset()
+    with pytest.raises(SystemExit):
+        broken.parse_settings(["--defects", "no-such-defect"], environ)
+    with pytest.raises(SystemExit):
+        reference.parse_settings([], {})
+
+
 # -- the reference connector ----------------------------------------------------------------
 async def test_reference_answers_deliveries_and_repeats_its_first_answer(
     pasarela_gateway: PasarelaGateway,
     pasarela_agency: AgencyFactory,
     pasarela_portal: PasarelaPortal,
+    capsys: pytest.CaptureFixture[str],
 ) -> None:
     async with _reference(pasarela_gateway, pasarela_agency) as running:
         reply = await pasarela_portal.send(to=CODE, body={"NumSolicitud": "AT001W-1"})
@@ -201,9 +308,13 @@ async def test_reference_answers_deliveries_and_repeats_its_first_answer(
 
         first = running.deliveries[0]
         url = f"{running.url}{MESSAGES}"
-        again = await _post(url, first.body, first.headers)
+        capsys.readouterr()
+        again = await _post(url, first.body, {**first.headers, "Pasarela-Test-Case": "pytest#2"})
         assert (again.status, again.body) == (first.answer.status, first.answer.body)
         assert again.header("Pasarela-Signature") == first.answer.header("Pasarela-Signature")
+        (logged,) = _log_lines(capsys, "delivery")
+        assert logged["case"] == "pytest#2"
+        assert (logged["iss"], logged["svc"], logged["status"]) == ("PORTAL", "ati.request", 200)
 
         missing = await _post(url, first.body, _without(first.headers, "Pasarela-Receipt"))
         assert missing.status == 400
@@ -276,7 +387,12 @@ async def _post_get(url: str) -> Any:
         return await response.json()
 
 
-def test_reference_runs_as_a_script(
+@pytest.mark.parametrize(
+    ("folder", "extra"), [("python", {}), ("broken", {"PASARELA_DEFECTS": "none"})]
+)
+def test_example_runs_as_a_script(
+    folder: str,
+    extra: dict[str, str],
     pasarela_gateway: PasarelaGateway,
     pasarela_agency: AgencyFactory,
     pasarela_portal: PasarelaPortal,
@@ -293,8 +409,9 @@ def test_reference_runs_as_a_script(
         "PASARELA_CERT": str(agency.certificate_path),
         "PASARELA_CA": str(pasarela_gateway.ca_certificate_path),
         "PORT": str(port),
+        **extra,
     }
-    script = ROOT / "examples" / "connectors" / "python" / "connector.py"
+    script = ROOT / "examples" / "connectors" / folder / "connector.py"
     process = subprocess.Popen(
         [sys.executable, str(script)],
         env=environment,
@@ -324,6 +441,9 @@ def test_reference_runs_as_a_script(
         _, errors = process.communicate(timeout=10)
     lines = [json.loads(line) for line in errors.decode().splitlines() if line.startswith("{")]
     assert any(line["event"] == "delivery" and line["status"] == 200 for line in lines), errors
+    (listening,) = [line for line in lines if line["event"] == "listening"]
+    assert listening["url"] == f"http://127.0.0.1:{port}{MESSAGES}"
+    assert listening.get("defects") == ([] if folder == "broken" else None)
 
 
 # -- the broken connector -------------------------------------------------------------------

@@ -16,6 +16,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cryptography.x509.oid import NameOID
 
 import agents
+from agents.conf import ConfCache, ConfUnavailable
 from agents.connector import Connector, RetryPolicy
 from agents.host import AgencyHost
 from agents.verification import (
@@ -230,9 +231,10 @@ def message_requests(net: World) -> list[WireRequest]:
 def test_exported_names_are_pinned() -> None:
     """The package exports exactly the curated public names."""
     assert sorted(agents.__all__) == sorted(
-        ["AgencyHost", "Connector", "ConnectorError", "Directory", "Identity", "Refused", "Reply",
-         "RetryPolicy", "ServiceHandler", "Unreachable", "VerificationFailed", "load_identities",
-         "ping", "sign_message", "verify_conf", "verify_inbound"]
+        ["AgencyHost", "ConfCache", "ConfUnavailable", "Connector", "ConnectorError", "Directory",
+         "Identity", "Refused", "Reply", "RetryPolicy", "ServiceHandler", "Unreachable",
+         "VerificationFailed", "acknowledge", "load_identities", "ping", "sign_message",
+         "verify_conf", "verify_inbound"]
     )  # fmt: skip
 
 
@@ -534,3 +536,75 @@ async def test_enrol_is_not_retried_after_a_transport_error(net: World) -> None:
     with pytest.raises(Unreachable, match="connection refused"):
         await net.connector().enrol(new_key=generate_key(SeededRandomness("new-key")))
     assert net.sleeps == []
+
+
+# -- a shared ConfCache (conf=) --------------------------------------------------------------
+def conf_cache(net: World) -> ConfCache:
+    return ConfCache(
+        gateway_url=GATEWAY_URL, transport=net.transport, clock=net.clock, monotonic=net.clock.now
+    )
+
+
+def conf_fetches(net: World) -> int:
+    return sum(urlsplit(r.url).path == "/v1/conf" for r in net.fake.seen)
+
+
+def serve_conf(net: World, *codes: str) -> None:
+    body = conf_body(net.gateway, [net.agencies[code] for code in codes])
+    net.fake.conf = (body, conf_signature(body, net.gateway))
+
+
+async def test_connectors_with_a_conf_cache_take_their_keys_from_it(net: World) -> None:
+    """Two connectors share one cache: one fetch, then the cache's own schedule."""
+    cache = conf_cache(net)
+    a1 = net.connector("A1", directory=None, conf=cache)
+    b2 = net.connector("B2", directory=None, conf=cache)
+    assert a1.directory is None
+    assert (await a1.send(to="B2", service="ping", body={"n": 1})).json() == {"n": 1}
+    assert (await b2.send(to="A1", service="ping", body={"n": 2})).json() == {"n": 2}
+    assert conf_fetches(net) == 1
+    assert a1.directory is cache.current()
+    net.clock.advance(300)  # at least every five minutes
+    await a1.send(to="B2", service="ping", body={"n": 3})
+    assert conf_fetches(net) == 2
+
+
+async def test_an_unknown_answer_key_refetches_through_the_conf_cache(net: World) -> None:
+    """The refetch is the cache's: at most once a second, then unknown-key stands."""
+    serve_conf(net, "A1")
+    cache = conf_cache(net)
+    connector = net.connector(directory=None, conf=cache)
+    await cache.directory()
+    await cache.refetch_for_unknown_kid()  # this second's refetch is spent
+    serve_conf(net, "A1", "B2")
+    with pytest.raises(VerificationFailed) as failed:
+        await connector.send(to="B2", service="ping", body=b"{}")
+    assert failed.value.code is ProblemCode.UNKNOWN_KEY
+    assert conf_fetches(net) == 2
+    net.clock.advance(1)
+    reply = await connector.send(to="B2", service="ping", body=b"{}")
+    assert (reply.status, conf_fetches(net)) == (200, 3)
+    assert cache.current().agency_key(net.agencies["B2"].kid) is not None
+
+
+async def test_fetch_conf_with_a_conf_cache_is_its_rate_limited_refetch(net: World) -> None:
+    cache = conf_cache(net)
+    connector = net.connector(directory=None, conf=cache)
+    assert await connector.fetch_conf() is cache.current()
+    await connector.fetch_conf()
+    assert conf_fetches(net) == 1
+
+
+async def test_a_conf_cache_that_cannot_fetch_raises_conf_unavailable(net: World) -> None:
+    net.fake.conf = (b"{}", "not.a.token")
+    connector = net.connector(directory=None, conf=conf_cache(net))
+    with pytest.raises(ConfUnavailable):
+        await connector.send(to="B2", service="ping", body=b"{}")
+    assert message_requests(net) == []
+
+
+def test_conf_takes_the_place_of_directory_and_directory_source(net: World) -> None:
+    with pytest.raises(ValueError, match="conf takes the place"):
+        net.connector(conf=conf_cache(net))  # net.connector passes its directory
+    with pytest.raises(ValueError, match="conf takes the place"):
+        net.connector(directory=None, directory_source=lambda: net.directory, conf=conf_cache(net))

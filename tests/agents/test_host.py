@@ -6,12 +6,13 @@ import asyncio
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import pytest
 from aiohttp.test_utils import TestClient, TestServer
 from cryptography.hazmat.primitives import serialization
 
-from agents.host import AgencyHost, load_identities
+from agents.host import AgencyHost, acknowledge, load_identities, ping
 from agents.verification import Directory, Identity, sign_message
 from gateway.clock import ManualClock, SeededRandomness
 from gateway.protocol import (
@@ -133,14 +134,20 @@ async def test_host_answers_with_a_response_signed_by_the_receiver(setup: Setup)
     assert setup.host.handled == {"B2": 1}
 
 
-async def test_default_services_include_ping_echo(setup: Setup) -> None:
-    """Without a services mapping the host offers ping, which echoes the body."""
-    host = AgencyHost(
+def b2_host(setup: Setup, **options: Any) -> AgencyHost:
+    """A host of B2 alone, with ``options`` (services, fallback ...)."""
+    return AgencyHost(
         identities={"B2": setup.agencies["B2"]},
         directory=setup.directory,
         clock=setup.clock,
         randomness=SeededRandomness(1),
+        **options,
     )
+
+
+async def test_default_services_include_ping_echo(setup: Setup) -> None:
+    """Without a services mapping the host offers ping, which echoes the body."""
+    host = b2_host(setup)
     response = await host.handle(setup.request(service="ping", body=b'{"echo":1}'))
     assert (response.status, response.body) == (200, b'{"echo":1}')
 
@@ -192,6 +199,30 @@ async def test_unknown_service_gets_a_signed_not_found_answer(setup: Setup) -> N
     claims = message_claims(parse_compact(response.headers[HEADER_SIGNATURE], typ=TYP_MESSAGE))
     assert (response.status, problem_code(response)) == (404, "not-found")
     assert claims.bh == body_digest(response.body)
+
+
+async def test_a_fallback_handles_every_service_not_listed(setup: Setup) -> None:
+    """With a fallback, services not in ``services`` run it (signed like any answer);
+    listed services still run their own handler."""
+    fallback = CountingService(answer=b'{"fallback":true}')
+    host = b2_host(setup, services={"count": setup.service}, fallback=fallback)
+    response = await host.handle(setup.request(service="ati.request", body=b'{"n":1}'))
+    claims = message_claims(parse_compact(response.headers[HEADER_SIGNATURE], typ=TYP_MESSAGE))
+    assert (response.status, response.body) == (200, b'{"fallback":true}')
+    assert response.header("Content-Type") == "application/json"
+    assert (claims.svc, claims.corr) == ("ati.request", "A1-m1")
+    assert fallback.calls == [b'{"n":1}']
+    listed = await host.handle(setup.request(jti="A1-m2"))
+    assert listed.body == b'{"ok":true}'
+    assert (fallback.calls, setup.service.calls) == ([b'{"n":1}'], [b'{"q":1}'])
+
+
+async def test_acknowledge_answers_with_the_message_id(setup: Setup) -> None:
+    host = b2_host(setup, services={"ping": ping}, fallback=acknowledge)
+    response = await host.handle(setup.request(service="ati.request"))
+    assert json.loads(response.body) == {"estado": "00", "recibido": "A1-m1"}
+    echo = await host.handle(setup.request(service="ping", jti="A1-m2", body=b'{"e":1}'))
+    assert echo.body == b'{"e":1}'
 
 
 async def test_retry_gets_the_same_answer_without_rerunning_the_service(setup: Setup) -> None:

@@ -6,54 +6,60 @@ names (comma-separated; unset or ``all``: every defect; ``none``: none, and then
 behaves as a correct connector). Each defect is narrow: it makes exactly one check of
 ``pasarela conformance`` fail, named in :data:`DEFECTS`, and leaves the others passing.
 
-It is written standalone from :mod:`agents.verification`'s pieces (``parse_compact``,
-``verify_receipt``, ``sign_message`` ...) rather than on ``AgencyHost`` and ``Connector``,
-so that every step a defect changes is visible here. Do not use it for anything else.
+Its protocol steps are written out here from :mod:`agents.verification`'s pieces
+(``parse_compact``, ``verify_receipt``, ``sign_message`` ...) rather than taken from
+``AgencyHost`` and ``Connector``, so that every step a defect changes is visible here. The
+rest is the library's, as in the reference connector: the configuration document
+(:class:`agents.conf.ConfCache`), and the settings, the trigger's answers, the log and the
+aiohttp plumbing (:mod:`agents.connector_process`). Do not use it for anything else.
 """
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import hashlib
-import json
 import math
 import os
 import sys
-import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from pathlib import Path
-from typing import Any, Final
+from typing import Final
 
 from aiohttp import web
-from cryptography import x509
 
+from agents.conf import ConfCache, ConfUnavailable
+from agents.connector_process import (
+    ExchangeLog,
+    SendRequest,
+    Settings,
+    TriggerResult,
+    add_env_option,
+    connector_app,
+    handle_delivery,
+    handle_trigger,
+    health_response,
+    run_connector,
+    settings_from_arguments,
+    settings_parser,
+)
+from agents.host import acknowledge, ping
 from agents.verification import (
     JSON_CONTENT_TYPE,
-    ConnectorError,
     Directory,
-    Identity,
     Refused,
     Unreachable,
     VerificationFailed,
-    encode_json,
     new_message_id,
     retry_after_seconds,
     sign_message,
-    verify_conf,
     verify_receipt,
 )
 from gateway import protocol
 from gateway.clock import Clock, Randomness, SystemClock, SystemRandomness
 from gateway.protocol import (
-    AGENCY_CODE,
     HEADER_RECEIPT,
     HEADER_SIGNATURE,
     LEEWAY_SECONDS,
-    MAX_BODY_BYTES,
-    SERVICE_CODE,
-    TYP_CONF,
     TYP_MESSAGE,
     TYP_RECEIPT,
     MessageClaims,
@@ -62,8 +68,13 @@ from gateway.protocol import (
     ReceiptClaims,
 )
 from gateway.service import problem_response
-from gateway.transport import HttpTransport, Transport, TransportError, WireRequest, WireResponse
-from gateway.trust import TrustError
+from gateway.transport import (
+    HttpTransport,
+    TransportError,
+    WireRequest,
+    WireResponse,
+    header_value,
+)
 
 __all__ = ["DEFECTS", "Settings", "create_app", "main", "parse_defects", "parse_settings"]
 
@@ -85,9 +96,6 @@ DEFECTS: Final[dict[str, str]] = {
     "crashes-on-payload-too-large": "consumer.problem-codes",
 }
 
-TEST_CASE_HEADER: Final = "Pasarela-Test-Case"
-DEFAULT_PORT: Final = 8800
-CLIENT_MAX_SIZE: Final = 8 * MAX_BODY_BYTES
 LIFETIME: Final = 60  # seconds, of every token it signs
 ATTEMPTS: Final = 4  # sends of one message at most (as agents.connector.RetryPolicy)
 MAX_RETRY_AFTER: Final = 60.0
@@ -108,144 +116,24 @@ def parse_defects(value: str | None) -> frozenset[str]:
     return names
 
 
-# -- configuration (as the reference connector's) ----------------------------------------
-@dataclass(frozen=True, slots=True, kw_only=True)
-class Settings:
-    """Where the gateway is, who this agency is, where to listen."""
-
-    gateway_url: str  # PASARELA_GATEWAY_URL
-    agency: str  # PASARELA_AGENCY
-    key: Path  # PASARELA_KEY
-    cert: Path  # PASARELA_CERT
-    ca: Path | None = None  # PASARELA_CA
-    host: str = "127.0.0.1"  # HOST
-    port: int = DEFAULT_PORT  # PORT
-
-
 def parse_settings(
     argv: Sequence[str] | None = None, environ: Mapping[str, str] = os.environ
 ) -> tuple[Settings, frozenset[str]]:
-    """Settings and defects from flags, each defaulting to its environment variable."""
-    parser = argparse.ArgumentParser(
-        prog="connector.py", description="pasarela connector with deliberate defects"
+    """Settings (as the reference connector's) and defects from flags, each defaulting to
+    its environment variable."""
+    parser = settings_parser(
+        description="pasarela connector with deliberate defects", environ=environ
     )
-    options = [
-        ("--gateway-url", "PASARELA_GATEWAY_URL"),
-        ("--agency", "PASARELA_AGENCY"),
-        ("--key", "PASARELA_KEY"),
-        ("--cert", "PASARELA_CERT"),
-        ("--ca", "PASARELA_CA"),
-        ("--host", "HOST"),
-        ("--port", "PORT"),
-        ("--defects", "PASARELA_DEFECTS"),
-    ]
-    for flag, variable in options:
-        parser.add_argument(flag, default=environ.get(variable) or None, help=f"${variable}")
+    add_env_option(
+        parser, "--defects", "PASARELA_DEFECTS", "comma-separated defects, all or none", environ
+    )
     args = parser.parse_args(argv)
-    missing = [flag for flag, _ in options[:4] if not getattr(args, flag[2:].replace("-", "_"))]
-    if missing:
-        parser.error(f"missing: {', '.join(missing)}")
+    settings = settings_from_arguments(parser, args)
     try:
         defects = parse_defects(args.defects)
-        port = int(args.port) if args.port else DEFAULT_PORT
     except ValueError as exc:
         parser.error(str(exc))
-    settings = Settings(
-        gateway_url=args.gateway_url,
-        agency=args.agency,
-        key=Path(args.key),
-        cert=Path(args.cert),
-        ca=Path(args.ca) if args.ca else None,
-        host=args.host or "127.0.0.1",
-        port=port,
-    )
     return settings, defects
-
-
-def log(event: str, **fields: Any) -> None:
-    record = {"at": round(time.time(), 3), "event": event, **fields}
-    sys.stderr.write(json.dumps(record, ensure_ascii=False, default=str) + "\n")
-    sys.stderr.flush()
-
-
-# -- the configuration document (as the reference connector's) ----------------------------
-class ConfUnavailable(ConnectorError):
-    """The configuration document could not be fetched, or did not verify."""
-
-
-class GatewayConf:
-    """The gateway's configuration document, fetched lazily, refetched before ``exp``
-    and (at most once a second) for an unknown ``kid``."""
-
-    def __init__(
-        self, *, gateway_url: str, ca: x509.Certificate | None, transport: Transport, clock: Clock
-    ) -> None:
-        self._url = f"{gateway_url.rstrip('/')}/v1/conf"
-        self._ca = ca
-        self._transport = transport
-        self._clock = clock
-        self._directory: Directory | None = None
-        self._refresh_at = -math.inf
-        self._valid_until = -math.inf
-        self._forced_at = -math.inf
-        self._lock = asyncio.Lock()
-
-    @property
-    def loaded(self) -> bool:
-        return self._directory is not None
-
-    async def directory(self) -> Directory:
-        if self._clock.now() >= self._refresh_at:
-            async with self._lock:
-                if self._clock.now() >= self._refresh_at:
-                    await self._fetch()
-        assert self._directory is not None
-        return self._directory
-
-    async def refetch_for_unknown_kid(self) -> Directory:
-        async with self._lock:
-            if time.monotonic() - self._forced_at >= 1.0:
-                self._forced_at = time.monotonic()
-                await self._fetch()
-        assert self._directory is not None
-        return self._directory
-
-    async def _fetch(self) -> None:
-        now = self._clock.now()
-        try:
-            response = await self._transport.send(
-                WireRequest(method="GET", url=self._url), timeout=5
-            )
-            if response.status != 200:
-                raise ConfUnavailable(f"GET {self._url} answered HTTP {response.status}")
-            signature = response.header(HEADER_SIGNATURE) or ""
-            directory = verify_conf(
-                body=response.body,
-                signature=signature,
-                now=now,
-                ca_certificate=self._ca,
-                pinned_key=self._directory.gateway_key if self._directory else None,
-            )
-            exp = protocol.parse_compact(signature, typ=TYP_CONF).claims.get("exp")
-        except (TransportError, VerificationFailed, ConfUnavailable, ProtocolError) as exc:
-            if self._directory is not None and now <= self._valid_until:
-                self._refresh_at = now + 1.0
-                return
-            raise ConfUnavailable(f"configuration document unavailable: {exc}") from exc
-        if not isinstance(exp, int) or isinstance(exp, bool):
-            exp = int(now) + 300
-        self._directory = directory
-        self._valid_until = exp + LEEWAY_SECONDS
-        self._refresh_at = max(now + 1.0, min(exp - 60.0, now + 300.0))
-
-
-def _unverified_kid(token: str | None) -> str | None:
-    try:
-        header = json.loads(protocol.b64url_decode((token or "").split(".", 1)[0]))
-    except (ValueError, UnicodeDecodeError, RecursionError):
-        return None
-    kid = header.get("kid") if isinstance(header, dict) else None
-    return kid if isinstance(kid, str) and kid else None
 
 
 # -- checks, with the switches the defects turn off ----------------------------------------
@@ -332,18 +220,19 @@ class BrokenConnector:
         unknown = sorted(defects - DEFECTS.keys())
         if unknown:
             raise ValueError(f"unknown defect(s) {', '.join(unknown)}")
-        identity = Identity.from_files(settings.key, settings.cert)
-        if identity.code != settings.agency:
-            raise ValueError(f"{settings.cert} certifies {identity.code}, not {settings.agency}")
-        ca = x509.load_pem_x509_certificate(settings.ca.read_bytes()) if settings.ca else None
         self.defects = defects
-        self.identity = identity
+        self.identity = settings.load_identity()
         self.clock: Clock = SystemClock()
         self.randomness: Randomness = SystemRandomness()
         self.gateway_url = settings.gateway_url.rstrip("/")
+        self.log = ExchangeLog(defects=sorted(defects))
         self.transport = HttpTransport()
-        self.conf = GatewayConf(
-            gateway_url=self.gateway_url, ca=ca, transport=self.transport, clock=self.clock
+        self.conf = ConfCache(
+            gateway_url=self.gateway_url,
+            ca_certificate=settings.load_ca(),
+            transport=self.transport,
+            clock=self.clock,
+            log=self.log.event,
         )
         #: First answers by (iss, jti), or (iss, jti, bh) with accepts-replay.
         self._answers: dict[tuple[str, ...], tuple[str, float, WireResponse]] = {}
@@ -353,34 +242,23 @@ class BrokenConnector:
 
     # provider: deliveries ---------------------------------------------------------------
     async def deliver(self, request: web.Request) -> web.Response:
-        body = await request.read()
-        answer = await self._receive(request.match_info["code"], request.headers, body)
-        claims = _unverified_claims(request.headers.get(HEADER_SIGNATURE))
-        log(
-            "delivery",
-            case=request.headers.get(TEST_CASE_HEADER),
-            iss=claims.get("iss"),
-            jti=claims.get("jti"),
-            status=answer.status,
-            defects=sorted(self.defects),
-        )
-        return web.Response(status=answer.status, headers=dict(answer.headers), body=answer.body)
+        code = request.match_info["code"]
 
-    async def _receive(self, code: str, headers: Mapping[str, str], body: bytes) -> WireResponse:
+        async def receive(delivery: WireRequest, directory: Directory) -> WireResponse:
+            return await self._receive(code, delivery, directory)
+
+        return await handle_delivery(request, conf=self.conf, receive=receive, log=self.log)
+
+    async def _receive(
+        self, code: str, delivery: WireRequest, directory: Directory
+    ) -> WireResponse:
+        """The checks of ``agents.verification.verify_inbound`` and the memory of
+        ``AgencyHost``, step by step, each with its defect's switch."""
         if code != self.identity.code:
             return problem_response(ProblemCode.UNKNOWN_RECEIVER, f"no agency {code} here")
-        if len(body) > MAX_BODY_BYTES:
-            return problem_response(ProblemCode.PAYLOAD_TOO_LARGE, "body over 1 MiB")
-        token, receipt = headers.get(HEADER_SIGNATURE), headers.get(HEADER_RECEIPT)
-        try:
-            directory = await self.conf.directory()
-            sender, receipt_kid = _unverified_kid(token), _unverified_kid(receipt)
-            if (sender is not None and directory.agency_key(sender) is None) or (
-                receipt_kid is not None and receipt_kid != directory.gateway_kid
-            ):
-                directory = await self.conf.refetch_for_unknown_kid()
-        except ConfUnavailable as exc:
-            return problem_response(ProblemCode.RECEIVER_UNAVAILABLE, str(exc), retry_after=1)
+        token = header_value(delivery.headers, HEADER_SIGNATURE)
+        receipt = header_value(delivery.headers, HEADER_RECEIPT)
+        body = delivery.body
         now = self.clock.now()
         self._forget_before(now)
         try:
@@ -413,17 +291,15 @@ class BrokenConnector:
                 return problem_response(ProblemCode.REPLAY, detail, jti=claims.jti)
             if not self.broken("fresh-answer-to-duplicate"):
                 return first
-            return self._answer(claims, body)  # processed again, signed anew
-        answer = self._answer(claims, body)
+            return await self._answer(claims, body)  # processed again, signed anew
+        answer = await self._answer(claims, body)
         self._answers[key] = (claims.bh, claims.exp + LEEWAY_SECONDS, answer)
         return answer
 
-    def _answer(self, claims: MessageClaims, body: bytes) -> WireResponse:
+    async def _answer(self, claims: MessageClaims, body: bytes) -> WireResponse:
         """Run the service (``ping`` echoes, any other acknowledges) and sign the answer."""
-        if claims.svc == "ping":
-            payload = body
-        else:
-            payload = encode_json({"estado": "00", "recibido": claims.jti})
+        service = ping if claims.svc == "ping" else acknowledge
+        status, payload = await service(claims, body)
         jti = new_message_id(self.identity.code, self.randomness)
         corr = jti if self.broken("wrong-corr") else claims.jti
         if self.broken("answer-typ-jwt"):
@@ -453,7 +329,7 @@ class BrokenConnector:
                 lifetime=LIFETIME,
             )
         headers = {HEADER_SIGNATURE: token, "Content-Type": JSON_CONTENT_TYPE}
-        return WireResponse(status=200, headers=headers, body=payload)
+        return WireResponse(status=status, headers=headers, body=payload)
 
     def _forget_before(self, now: float) -> None:
         for key in [k for k, (_, until, _) in self._answers.items() if until < now]:
@@ -461,38 +337,17 @@ class BrokenConnector:
 
     # consumer: /trigger/send ------------------------------------------------------------
     async def trigger(self, request: web.Request) -> web.Response:
-        case = request.headers.get(TEST_CASE_HEADER)
-        asked = _trigger_request(await request.read())
-        if isinstance(asked, str):
-            log("send", case=case, outcome="bad-trigger", error=asked)
-            return web.json_response({"error": asked}, status=400)
-        to, service, payload = asked
-        try:
-            status, result = await self._exchange(to, service, payload)
-        except Exception as exc:
-            log("send", case=case, to=to, service=service, outcome="crash", error=repr(exc))
-            raise  # aiohttp answers 500
-        log(
-            "send",
-            case=case,
-            to=to,
-            service=service,
-            jti=result.get("jti"),
-            status=status,
-            outcome=result.get("from", "receiver") if status == 200 else result.get("error"),
-            answer_status=result.get("status"),
-            reason=result.get("reason"),
-            defects=sorted(self.defects),
-        )
-        return web.json_response(result, status=status)
+        return await handle_trigger(request, send=self._exchange, log=self.log)
 
-    async def _exchange(self, to: str, service: str, payload: bytes) -> tuple[int, dict[str, Any]]:
+    async def _exchange(self, asked: SendRequest) -> TriggerResult:
+        """``agents.connector.Connector.send``, step by step, with the defects' switches."""
+        to, service, payload = asked.to, asked.service, asked.body
         jti = self._first_jti(payload)
         try:
             directory = await self.conf.directory()
             sent = await self._send(to, service, payload, jti)
         except (ConfUnavailable, Unreachable) as exc:
-            return 503, {"error": "gateway unreachable", "reason": str(exc)}
+            return TriggerResult.unreachable(exc, jti=jti)
         jti, response = sent.jti, sent.response
         receipt = response.header(HEADER_RECEIPT)
         from_receiver = receipt is not None or (
@@ -502,19 +357,13 @@ class BrokenConnector:
         if not from_receiver:
             if response.status < 400:
                 reason = f"receipt: HTTP {response.status} without a receipt"
-                return 502, {"error": "verification failed", "reason": reason, "jti": jti}
+                return TriggerResult.verification_failed(reason, jti=jti)
             refused = Refused.from_response(response, now=self.clock.now())
             if refused.code == ProblemCode.PAYLOAD_TOO_LARGE and self.broken(
                 "crashes-on-payload-too-large"
             ):
                 raise RuntimeError("the gateway refused the message as too large")
-            return 200, {
-                "status": refused.status,
-                "body": dict(refused.problem) if refused.problem else refused.detail,
-                "receipt_verified": False,
-                "from": "gateway",
-                "jti": jti,
-            }
+            return TriggerResult.refused(refused, jti=jti)
         try:
             try:
                 claims = self._verify_reply(response, directory, to, service, jti)
@@ -524,16 +373,12 @@ class BrokenConnector:
                 directory = await self.conf.refetch_for_unknown_kid()
                 claims = self._verify_reply(response, directory, to, service, jti)
         except VerificationFailed as exc:
-            return 502, {"error": "verification failed", "reason": str(exc), "jti": jti}
+            return TriggerResult.verification_failed(exc, jti=jti)
         except ConfUnavailable as exc:
-            return 503, {"error": "gateway unreachable", "reason": str(exc)}
-        return 200, {
-            "status": response.status,
-            "body": _decoded(response.body),
-            "receipt_verified": True,
-            "jti": jti,
-            "answer_jti": claims.jti,
-        }
+            return TriggerResult.unreachable(exc, jti=jti)
+        return TriggerResult.verified(
+            status=response.status, body=response.body, jti=jti, answer_jti=claims.jti
+        )
 
     def _first_jti(self, payload: bytes) -> str:
         if self.broken("jti-from-body"):
@@ -609,78 +454,21 @@ class BrokenConnector:
         return claims
 
     async def health(self, request: web.Request) -> web.Response:
-        return web.json_response(
-            {
-                "status": "ok",
-                "agency": self.identity.code,
-                "kid": self.identity.kid,
-                "conf": "loaded" if self.conf.loaded else "not fetched yet",
-                "defects": sorted(self.defects),
-            }
-        )
+        return health_response(self.identity, self.conf, defects=sorted(self.defects))
 
-
-def _trigger_request(raw: bytes) -> tuple[str, str, bytes] | str:
-    try:
-        asked = json.loads(raw)
-    except (ValueError, UnicodeDecodeError, RecursionError):
-        asked = None
-    if not isinstance(asked, dict) or not {"to", "service", "body"} <= asked.keys():
-        return 'expected a JSON object {"to", "service", "body"}'
-    to, service = asked["to"], asked["service"]
-    if not isinstance(to, str) or not AGENCY_CODE.fullmatch(to):
-        return '"to" must be an agency code'
-    if not isinstance(service, str) or not SERVICE_CODE.fullmatch(service):
-        return '"service" must be a service code'
-    return to, service, encode_json(asked["body"])
-
-
-def _decoded(body: bytes) -> Any:
-    try:
-        return json.loads(body)
-    except (ValueError, UnicodeDecodeError, RecursionError):
-        return body.decode("utf-8", errors="replace")
-
-
-def _unverified_claims(token: str | None) -> dict[str, Any]:
-    try:
-        claims = json.loads(protocol.b64url_decode((token or "").split(".")[1]))
-    except (ValueError, IndexError, UnicodeDecodeError, RecursionError):
-        return {}
-    return claims if isinstance(claims, dict) else {}
+    async def aclose(self) -> None:
+        await self.transport.aclose()
 
 
 def create_app(settings: Settings, defects: frozenset[str] = frozenset(DEFECTS)) -> web.Application:
     """The broken connector's aiohttp application, with ``defects`` (default: all)."""
-    connector = BrokenConnector(settings, defects)
-    app = web.Application(client_max_size=CLIENT_MAX_SIZE)
-    app.router.add_post("/agencies/{code}/messages", connector.deliver)
-    app.router.add_post("/trigger/send", connector.trigger)
-    app.router.add_get("/health", connector.health)
-
-    async def close(_: web.Application) -> None:
-        await connector.transport.aclose()
-
-    app.on_cleanup.append(close)
-    return app
+    return connector_app(BrokenConnector(settings, defects))
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     settings, defects = parse_settings(argv)
-    try:
-        app = create_app(settings, defects)
-    except (OSError, ValueError, TrustError) as exc:
-        sys.stderr.write(f"connector: {exc}\n")
-        return 2
-    log(
-        "listening",
-        agency=settings.agency,
-        url=f"http://{settings.host}:{settings.port}/agencies/{settings.agency}/messages",
-        gateway=settings.gateway_url,
-        defects=sorted(defects),
-    )
-    web.run_app(app, host=settings.host, port=settings.port, print=None, access_log=None)
-    return 0
+    log = ExchangeLog(defects=sorted(defects))
+    return run_connector(settings, lambda: create_app(settings, defects), log=log)
 
 
 if __name__ == "__main__":
