@@ -13,6 +13,7 @@ Routes::
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections import Counter
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
@@ -23,7 +24,7 @@ from aiohttp import web
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from gateway.admin import Admin, conf_document
-from gateway.log import LogEntry
+from gateway.log import LogEntry, StoreUnavailable
 from gateway.operators import OperatorAuthError, verify_operator_token
 from gateway.pipeline import Decision, Verdict
 from gateway.protocol import HEADER_SIGNATURE, PROBLEM_CONTENT_TYPE, ProblemCode, problem_document
@@ -39,6 +40,9 @@ ADMIN_KEY = web.AppKey("admin", Admin)
 OPERATORS_KEY = web.AppKey("operators", Mapping[str, Ed25519PublicKey])
 
 _log = structlog.get_logger("pasarela.http")
+
+#: Seconds ``GET /v1/health`` waits for the log's store before calling it failing.
+HEALTH_STORE_TIMEOUT = 3.0
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
@@ -76,6 +80,14 @@ async def problem_middleware(request: web.Request, handler: Handler) -> web.Stre
         allow = exc.headers.get("Allow")  # a 405 must name the methods that are (RFC 9110)
         return _problem(
             code, exc.reason or code.caption, headers={"Allow": allow} if allow else None
+        )
+    except StoreUnavailable as exc:
+        # An operator action or enrolment that cannot be logged is not done: try again.
+        _log.warning("store_unavailable", path=request.path[:200], detail=str(exc))
+        return _problem(
+            ProblemCode.STORE_UNAVAILABLE,
+            "the message log cannot be written now; try again",
+            headers={"Retry-After": "1"},
         )
     except Exception:
         # A defect, never an input problem: say so plainly, keep the trace in the event log.
@@ -139,10 +151,16 @@ async def get_health(request: web.Request) -> web.Response:
     gateway = request.app[GATEWAY_KEY]
     checks: dict[str, dict[str, Any]] = {}
     try:
-        await gateway.log.sync()
+        # Also how buffered records reach a store that came back while nothing was sent.
+        await asyncio.wait_for(gateway.log.sync(), timeout=HEALTH_STORE_TIMEOUT)
         checks["store"] = {"ok": True, "log_seq": gateway.log.head[0]}
-    except Exception as exc:
-        checks["store"] = {"ok": False, "error": repr(exc)}
+    except Exception as exc:  # the health check reports; it never fails itself
+        checks["store"] = {
+            "ok": False,
+            "error": str(exc) or "no answer in time",
+            "log_seq": gateway.log.head[0],
+            "durable_seq": gateway.log.durable_seq,
+        }
     key = gateway.key_record
     key_ok = (
         not key.revoked

@@ -15,19 +15,22 @@ import base64
 import hashlib
 import json
 import math
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import AsyncIterable, Awaitable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from types import MappingProxyType
 from typing import Protocol, TypeAlias
 
 __all__ = [
     "GENESIS_HASH",
+    "ChainCheck",
     "JSONValue",
     "LogEntry",
     "LogRecord",
     "LogStore",
     "MessageLog",
+    "StoreUnavailable",
     "Verification",
+    "averify",
     "canonical_bytes",
     "canonical_json",
     "chain",
@@ -167,6 +170,51 @@ def _check_record(record: LogRecord, expected_seq: int, prev_hash: str) -> str |
     return None
 
 
+class ChainCheck:
+    """The state of :func:`verify` as records are fed one by one (sync or async sources)."""
+
+    def __init__(self, expected_head: tuple[int, str] | None = None) -> None:
+        self._head = expected_head
+        self._expected_seq = 1
+        self._prev_hash = GENESIS_HASH
+        self._count = 0
+
+    def feed(self, record: LogRecord) -> Verification | None:
+        """Check the next record; a failed :class:`Verification` ends the check."""
+        self._count += 1
+        expected_seq, head = self._expected_seq, self._head
+        if head is not None and expected_seq > head[0]:
+            return _bad(
+                self._count,
+                expected_seq,
+                f"record {expected_seq} is beyond the expected head (record {head[0]})",
+            )
+        problem = _check_record(record, expected_seq, self._prev_hash)
+        if problem is not None:
+            return _bad(self._count, expected_seq, problem)
+        self._prev_hash = record.hash
+        self._expected_seq += 1
+        return None
+
+    def finish(self) -> Verification:
+        """The verdict once every record was fed."""
+        count, expected_seq, last_seq = self._count, self._expected_seq, self._expected_seq - 1
+        if self._head is not None:
+            head_seq, head_hash = self._head
+            if last_seq < head_seq:
+                return _bad(
+                    count,
+                    expected_seq,
+                    f"record {expected_seq} is missing (the log ends at record {last_seq}, "
+                    f"expected head is record {head_seq})",
+                )
+            if self._prev_hash != head_hash:
+                return _bad(
+                    count, head_seq, f"record {head_seq} is not the expected head (hash mismatch)"
+                )
+        return Verification(ok=True, records=count, first_bad_seq=None, problem=None)
+
+
 def verify(
     records: Iterable[LogRecord], *, expected_head: tuple[int, str] | None = None
 ) -> Verification:
@@ -178,55 +226,47 @@ def verify(
     number at which the log differs from a valid chain; ``records`` counts the records
     read, including the bad one. Uses constant memory.
     """
-    expected_seq = 1
-    prev_hash = GENESIS_HASH
-    count = 0
+    check = ChainCheck(expected_head)
     for record in records:
-        count += 1
-        if expected_head is not None and expected_seq > expected_head[0]:
-            return _bad(
-                count,
-                expected_seq,
-                f"record {expected_seq} is beyond the expected head (record {expected_head[0]})",
-            )
-        problem = _check_record(record, expected_seq, prev_hash)
-        if problem is not None:
-            return _bad(count, expected_seq, problem)
-        prev_hash = record.hash
-        expected_seq += 1
-    last_seq = expected_seq - 1
-    if expected_head is not None:
-        head_seq, head_hash = expected_head
-        if last_seq < head_seq:
-            return _bad(
-                count,
-                expected_seq,
-                f"record {expected_seq} is missing (the log ends at record {last_seq}, "
-                f"expected head is record {head_seq})",
-            )
-        if prev_hash != head_hash:
-            return _bad(
-                count, head_seq, f"record {head_seq} is not the expected head (hash mismatch)"
-            )
-    return Verification(ok=True, records=count, first_bad_seq=None, problem=None)
+        failed = check.feed(record)
+        if failed is not None:
+            return failed
+    return check.finish()
+
+
+async def averify(
+    records: AsyncIterable[LogRecord], *, expected_head: tuple[int, str] | None = None
+) -> Verification:
+    """:func:`verify` for an asynchronous source (the PostgreSQL store)."""
+    check = ChainCheck(expected_head)
+    async for record in records:
+        failed = check.feed(record)
+        if failed is not None:
+            return failed
+    return check.finish()
+
+
+class StoreUnavailable(Exception):
+    """The log's store cannot be written or reached now; the write may be tried again.
+
+    Messages must not be accepted meanwhile (``503 store-unavailable``). The message never
+    names a password.
+    """
 
 
 class LogStore(Protocol):
-    """Durable storage of log records (SQLite now, PostgreSQL later)."""
+    """Durable storage of log records: SQLite (:mod:`gateway.store`) or PostgreSQL
+    (:mod:`gateway.pgstore`). ``write`` and ``close`` may be coroutines."""
 
     def head(self) -> tuple[int, str] | None:
         """(last seq, last hash), or None when the store is empty."""
         ...
 
-    def write(self, records: Sequence[LogRecord]) -> None:
+    def write(self, records: Sequence[LogRecord]) -> Awaitable[None] | None:
         """Append ``records`` in one transaction; they are durable on return."""
         ...
 
-    def records(self, *, after: int = 0) -> Iterator[LogRecord]:
-        """The records with seq greater than ``after``, by seq ascending."""
-        ...
-
-    def close(self) -> None:
+    def close(self) -> Awaitable[None] | None:
         """Release the store's resources."""
         ...
 
@@ -243,6 +283,8 @@ class MessageLog:
         self._buffer: list[LogRecord] = []
         self._flush_done: asyncio.Event | None = None
         self._closed = False
+        #: False from a write that failed with StoreUnavailable until one succeeds.
+        self.healthy = True
 
     @property
     def head(self) -> tuple[int, str]:
@@ -287,11 +329,16 @@ class MessageLog:
             batch, self._buffer = self._buffer, []
             if batch:
                 try:
-                    self._store.write(batch)
-                except BaseException:
+                    written = self._store.write(batch)
+                    if written is not None:
+                        await written
+                except BaseException as exc:
                     self._buffer[:0] = batch
+                    if isinstance(exc, StoreUnavailable):
+                        self.healthy = False
                     raise
                 self._durable_seq = batch[-1].seq
+                self.healthy = True
         finally:
             self._flush_done = None
             done.set()
@@ -302,4 +349,6 @@ class MessageLog:
             return
         await self.sync()
         self._closed = True
-        self._store.close()
+        closed = self._store.close()
+        if closed is not None:
+            await closed

@@ -95,6 +95,7 @@ class ProblemCode(StrEnum):
     RATE_LIMITED = "rate-limited"
     RECEIVER_UNAVAILABLE = "receiver-unavailable"
     BAD_RESPONSE_SIGNATURE = "bad-response-signature"
+    STORE_UNAVAILABLE = "store-unavailable"
     UNAUTHENTICATED = "unauthenticated"
     NOT_FOUND = "not-found"
     METHOD_NOT_ALLOWED = "method-not-allowed"
@@ -134,6 +135,7 @@ _PROBLEMS: Final[Mapping[ProblemCode, tuple[int, str]]] = {
     ProblemCode.RATE_LIMITED: (429, "Rate limit exceeded"),
     ProblemCode.RECEIVER_UNAVAILABLE: (503, "Receiver unavailable"),
     ProblemCode.BAD_RESPONSE_SIGNATURE: (502, "Receiver's response failed verification"),
+    ProblemCode.STORE_UNAVAILABLE: (503, "Message log unavailable"),
     ProblemCode.UNAUTHENTICATED: (401, "Operator authentication required"),
     ProblemCode.NOT_FOUND: (404, "Not found"),
     ProblemCode.METHOD_NOT_ALLOWED: (405, "Method not allowed"),

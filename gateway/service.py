@@ -20,7 +20,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from gateway.clock import Clock, Randomness
 from gateway.detection import ALERT_CODES, AUTO_QUARANTINE, Alert, DetectionPolicy, Detector
-from gateway.log import JSONValue, LogEntry, LogRecord, MessageLog
+from gateway.log import JSONValue, LogEntry, LogRecord, MessageLog, StoreUnavailable
 from gateway.metrics import GatewayMetrics
 from gateway.pipeline import Bucket, Context, Decision, Limits, Verdict, decide, decide_response
 from gateway.protocol import (
@@ -147,7 +147,23 @@ class Gateway:
 
     # -- the relay ----------------------------------------------------------------------
     async def relay(self, request: WireRequest) -> WireResponse:
-        """Handle ``POST /v1/messages``: decide, log, forward, verify the answer, relay it."""
+        """Handle ``POST /v1/messages``: decide, log, forward, verify the answer, relay it.
+
+        While the log cannot be written nothing is accepted: the sender gets ``503
+        store-unavailable`` (transient, not remembered: the same message may be sent again).
+        """
+        try:
+            return await self._relay(request)
+        except StoreUnavailable as exc:
+            self.metrics.messages.labels("rejected", ProblemCode.STORE_UNAVAILABLE.value).inc()
+            _log.warning("store_unavailable", detail=str(exc))
+            return problem_response(
+                ProblemCode.STORE_UNAVAILABLE,
+                "the message log cannot be written now; send the same message again",
+                retry_after=1.0,
+            )
+
+    async def _relay(self, request: WireRequest) -> WireResponse:
         started = self.clock.now()
         self._prune(started)
         signature = header_value(request.headers, HEADER_SIGNATURE)
@@ -178,7 +194,7 @@ class Gateway:
         await asyncio.wait([seen.outcome])
         if seen.outcome.cancelled():
             # The first attempt failed transiently and was forgotten: this one goes through.
-            return await self.relay(request)
+            return await self._relay(request)
         return seen.outcome.result()
 
     async def _deliver(
@@ -192,6 +208,16 @@ class Gateway:
         final = False
         try:
             response, final = await self._forward(decision, signature, body, content_type)
+        except StoreUnavailable:
+            # What was appended reaches the store later: say there that it was not relayed.
+            fields = {
+                **_claims_fields(claims),
+                "outcome": "rejected",
+                "reason": ProblemCode.STORE_UNAVAILABLE.value,
+                "detail": "the log could not be written; the sender was answered 503",
+            }
+            self.log.append(LogEntry(kind="delivery-failure", at=self.clock.now(), fields=fields))
+            raise
         finally:
             if final:
                 outcome.set_result(response)

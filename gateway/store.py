@@ -19,13 +19,21 @@ import sqlite3
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 
-from gateway.log import GENESIS_HASH, JSONValue, LogRecord, LogStore, canonical_json
+from gateway.log import (
+    GENESIS_HASH,
+    JSONValue,
+    LogRecord,
+    LogStore,
+    StoreUnavailable,
+    canonical_json,
+)
 
 __all__ = [
     "SCHEMA_VERSION",
     "UNREADABLE_FIELDS_KEY",
     "SqliteDocumentStore",
     "SqliteLogStore",
+    "decode_row",
     "open_log_store",
     "read_documents",
 ]
@@ -120,7 +128,8 @@ def _fields(raw: object) -> dict[str, JSONValue]:
     return value
 
 
-def _decode(row: tuple[object, ...]) -> LogRecord:
+def decode_row(row: tuple[object, ...]) -> LogRecord:
+    """A ``(seq, at, kind, fields, prev, hash)`` row as a record, read faithfully."""
     seq, at, kind, fields, prev, digest = row
     return LogRecord(
         seq=seq if isinstance(seq, int) else -1,
@@ -154,6 +163,12 @@ class SqliteLogStore:
         """
         if not records:
             return
+        try:
+            self._write(records)
+        except sqlite3.OperationalError as exc:  # locked, disk full, I/O error: not the input
+            raise StoreUnavailable(f"SQLite: {exc}") from exc
+
+    def _write(self, records: Sequence[LogRecord]) -> None:
         rows = [(r.seq, r.at, r.kind, canonical_json(r.fields), r.prev, r.hash) for r in records]
         with _transaction(self._conn):
             head = self._conn.execute(_SELECT_HEAD).fetchone()
@@ -173,7 +188,7 @@ class SqliteLogStore:
         while True:
             rows = self._conn.execute(_SELECT_RECORDS, (last, _PAGE_SIZE)).fetchall()
             for row in rows:
-                yield _decode(row)
+                yield decode_row(row)
             if len(rows) < _PAGE_SIZE:
                 return
             last = rows[-1][0]
@@ -251,8 +266,8 @@ def open_log_store(url_or_path: str) -> LogStore:
         path = rest
     else:
         raise ValueError(
-            f"unsupported log store scheme {scheme!r}: use sqlite:///absolute/path.db "
-            "or a file path (PostgreSQL is not supported yet)"
+            f"unsupported log store scheme {scheme!r} here: use sqlite:///absolute/path.db "
+            "or a file path (a PostgreSQL log opens with gateway.backends.open_store)"
         )
     if not path:
         raise ValueError("the log store path is empty")

@@ -21,6 +21,11 @@ from gateway.state import StateError, init_state, state_path
 from gateway.store import SqliteLogStore
 
 if TYPE_CHECKING:
+    from gateway.detection import DetectionPolicy
+    from gateway.guard import GuardPolicy
+    from gateway.log import Verification
+    from gateway.pipeline import Limits
+    from gateway.state import StateDir
     from scenarios.model import Scenario
 
 __all__ = ["main"]
@@ -88,6 +93,13 @@ def _parser() -> argparse.ArgumentParser:
         help="open connections one address may hold (default 64)",
     )
     serve.add_argument("--burst", type=float, default=200.0, help="token-bucket burst per agency")
+    serve.add_argument(
+        "--store",
+        default=None,
+        metavar="URL",
+        help="the message log: postgresql://USER@HOST:PORT/DB?schema=NAME, sqlite:///PATH or "
+        "a file path (default: the state's state.db)",
+    )
 
     agents = commands.add_parser("agents", help="the agency host")
     agents_commands = agents.add_subparsers(dest="agents_command", required=True, metavar="ACTION")
@@ -110,7 +122,12 @@ def _parser() -> argparse.ArgumentParser:
     log_verify = log_commands.add_parser("verify", help="check the hash chain")
     source = log_verify.add_mutually_exclusive_group(required=True)
     source.add_argument("--state", type=Path, metavar="STATE_DIR", help="a gateway's state")
-    source.add_argument("--log", type=Path, metavar="FILE", help="a log file (a run's log.db)")
+    source.add_argument(
+        "--log",
+        metavar="FILE|URL",
+        help="a log file (a run's log.db), sqlite:///PATH, or the postgresql://...?schema=NAME "
+        "a gateway was served with (--store)",
+    )
     log_verify.add_argument("--json", action="store_true", help="print the result as JSON")
 
     _add_rehearsal_parsers(commands)
@@ -283,11 +300,11 @@ def _init(args: argparse.Namespace) -> int:
 def _serve(args: argparse.Namespace) -> int:
     from gateway.detection import DetectionPolicy
     from gateway.guard import GuardPolicy
+    from gateway.pgstore import StoreUnavailable
     from gateway.pipeline import Limits
     from gateway.state import StateDir
-    from pasarela.runtime import build_gateway_app, configure_logging, guard_alerts, run_app
+    from pasarela.runtime import configure_logging
 
-    configure_logging()
     state = StateDir(state_path(args.state))
     detection = DetectionPolicy(
         window_seconds=args.alert_window,
@@ -295,21 +312,53 @@ def _serve(args: argparse.Namespace) -> int:
         flood_after=args.flood_after,
     )
     limits = Limits(rate_per_second=args.rate, burst=args.burst)
-    app = build_gateway_app(state, limits=limits, detection=detection)
     guard = GuardPolicy(
         header_timeout=args.header_timeout, max_connections_per_ip=args.max_connections_per_ip
     )
-    asyncio.run(
-        run_app(
-            app,
-            host=args.host,
-            port=args.port,
-            name="gateway",
-            guard=guard,
-            on_guard_event=guard_alerts(app),
-        )
-    )
+    configure_logging()
+    try:
+        asyncio.run(_serve_gateway(args, state, limits, detection, guard))
+    except StoreUnavailable as exc:
+        errors.print(f"pasarela: {exc}", markup=False)
+        return EXIT_INFRA
+    except ValueError as exc:
+        errors.print(f"pasarela: --store: {exc}", markup=False)
+        return EXIT_USAGE
     return EXIT_OK
+
+
+async def _serve_gateway(
+    args: argparse.Namespace,
+    state: StateDir,
+    limits: Limits,
+    detection: DetectionPolicy,
+    guard: GuardPolicy,
+) -> None:
+    """Open the log store in the loop that serves (a PostgreSQL pool belongs to it)."""
+    from gateway.backends import open_store
+    from pasarela.runtime import build_gateway_app, guard_alerts, run_app
+
+    store = await open_store(args.store) if args.store else None
+    app = build_gateway_app(state, limits=limits, detection=detection, store=store)
+    await run_app(
+        app,
+        host=args.host,
+        port=args.port,
+        name="gateway",
+        guard=guard,
+        on_guard_event=guard_alerts(app),
+    )
+
+
+async def _verify_postgres(url: str) -> Verification:
+    from gateway.log import averify
+    from gateway.pgstore import PostgresLogStore
+
+    store = await PostgresLogStore.open(url, create=False)
+    try:
+        return await averify(store.iter_records())
+    finally:
+        await store.close()
 
 
 def _agents_serve(args: argparse.Namespace) -> int:
@@ -348,21 +397,38 @@ def _send(args: argparse.Namespace) -> int:
 
 
 def _log_verify(args: argparse.Namespace) -> int:
-    if args.log is not None:
-        database = state_path(args.log)
-        if not database.is_file():
-            errors.print(f"{database} does not exist")
+    from gateway.backends import is_postgres_url
+    from gateway.pgstore import StoreUnavailable
+
+    result: Verification
+    if args.log is not None and is_postgres_url(args.log):
+        try:
+            result = asyncio.run(_verify_postgres(args.log))
+        except StoreUnavailable as exc:
+            errors.print(f"pasarela: {exc}", markup=False)
+            return EXIT_INFRA
+        except ValueError as exc:
+            errors.print(f"pasarela: --log: {exc}", markup=False)
             return EXIT_USAGE
     else:
-        database = state_path(args.state) / "state.db"
-        if not database.exists():
-            errors.print(f"{database} does not exist; is {args.state} a pasarela state directory?")
-            return EXIT_USAGE
-    store = SqliteLogStore(database)
-    try:
-        result = verify(store.records())
-    finally:
-        store.close()
+        if args.log is not None:
+            path = args.log.removeprefix("sqlite://")
+            database = state_path(path)
+            if not database.is_file():
+                errors.print(f"{database} does not exist")
+                return EXIT_USAGE
+        else:
+            database = state_path(args.state) / "state.db"
+            if not database.exists():
+                errors.print(
+                    f"{database} does not exist; is {args.state} a pasarela state directory?"
+                )
+                return EXIT_USAGE
+        store = SqliteLogStore(database)
+        try:
+            result = verify(store.records())
+        finally:
+            store.close()
     if args.json:
         console.print_json(
             json.dumps(

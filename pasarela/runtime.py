@@ -20,7 +20,7 @@ from gateway.clock import SystemClock, SystemRandomness
 from gateway.detection import DetectionPolicy
 from gateway.guard import GuardedAppRunner, GuardEventKind, GuardPolicy
 from gateway.http import GATEWAY_KEY, create_app
-from gateway.log import MessageLog
+from gateway.log import LogStore, MessageLog
 from gateway.pipeline import Limits
 from gateway.service import Gateway, GatewayConfig
 from gateway.state import StateDir, StateError
@@ -68,9 +68,14 @@ def guard_alerts(app: web.Application) -> Callable[[GuardEventKind], None]:
 
 
 def build_gateway_app(
-    state: StateDir, *, limits: Limits | None = None, detection: DetectionPolicy | None = None
+    state: StateDir,
+    *,
+    limits: Limits | None = None,
+    detection: DetectionPolicy | None = None,
+    store: LogStore | None = None,
 ) -> web.Application:
-    """The live gateway over ``state``: SQLite log, real HTTP to agencies, wall clock."""
+    """The live gateway over ``state``: its log in ``store`` (default: the state's SQLite
+    file), real HTTP to agencies, wall clock."""
     gateway = Gateway(
         config=GatewayConfig(
             code=state.gateway_code,
@@ -80,7 +85,7 @@ def build_gateway_app(
         key=state.gateway_key,
         trust=state.trust,
         registry=state.registry,
-        log=MessageLog(state.open_log_store()),
+        log=MessageLog(store if store is not None else state.open_log_store()),
         transport=HttpTransport(),
         clock=SystemClock(),
         randomness=SystemRandomness(),

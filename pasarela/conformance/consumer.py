@@ -35,8 +35,8 @@ from pasarela.conformance.session import Arrival, Session
 
 __all__ = ["CHECKS", "PROBLEM_CODES"]
 
-#: The refusals the consumer must survive: every problem a message may get, but 429 and
-#: 503 (checks of their own) and those of the admin API.
+#: The refusals the consumer must survive: every problem a message may get, but the
+#: retried ones (429 and the 503s: checks of their own) and those of the admin API.
 PROBLEM_CODES: tuple[ProblemCode, ...] = tuple(
     code
     for code in ProblemCode
@@ -44,6 +44,7 @@ PROBLEM_CODES: tuple[ProblemCode, ...] = tuple(
     not in {
         ProblemCode.RATE_LIMITED,
         ProblemCode.RECEIVER_UNAVAILABLE,
+        ProblemCode.STORE_UNAVAILABLE,
         ProblemCode.UNAUTHENTICATED,
         ProblemCode.NOT_FOUND,
         ProblemCode.METHOD_NOT_ALLOWED,

@@ -1,0 +1,236 @@
+"""PostgreSQL persistence for the message log (asyncpg), beside SQLite's.
+
+A store lives in one schema of a database, named by the URL's ``schema`` parameter
+(default ``pasarela``), so several gateways or test runs can share a server without
+seeing each other::
+
+    postgresql://pasarela@db.internal:5432/pisee?schema=gateway_1
+
+The schema is created and migrated when the store opens: ``schema_migrations`` records
+each applied version, the migrations run under an advisory lock (replicas starting
+together apply them once), and a schema newer than this pasarela knows is refused.
+
+A write is one transaction: it checks that the records continue the stored chain, inserts
+them, and commits (PostgreSQL's ``synchronous_commit`` default: durable on return). The
+gateway acknowledges a message only after that.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass
+from typing import Any, Final
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+
+import asyncpg
+
+from gateway.log import GENESIS_HASH, LogRecord, StoreUnavailable, canonical_json
+from gateway.store import decode_row
+
+__all__ = [
+    "COMMAND_TIMEOUT",
+    "MIGRATIONS",
+    "PostgresLogStore",
+    "StoreUnavailable",
+    "postgres_target",
+]
+
+#: (version, what it does, statements): applied in order, each once, in one transaction.
+MIGRATIONS: Final[tuple[tuple[int, str, tuple[str, ...]], ...]] = (
+    (
+        1,
+        "the message log and named documents",
+        (
+            "CREATE TABLE log (seq BIGINT PRIMARY KEY, at DOUBLE PRECISION NOT NULL,"
+            " kind TEXT NOT NULL, fields TEXT NOT NULL, prev TEXT NOT NULL, hash TEXT NOT NULL)",
+            "CREATE TABLE documents (name TEXT PRIMARY KEY, value BYTEA NOT NULL,"
+            " updated_seq BIGINT)",
+        ),
+    ),
+)
+
+#: Seconds a statement may take before the store counts as unavailable.
+COMMAND_TIMEOUT: Final = 5.0
+#: What a lost or refusing server raises: the store is unavailable, not the input wrong.
+_LOST: Final = (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError)
+
+_SCHEMA_NAME = re.compile(r"[a-z_][a-z0-9_]{0,62}")
+_LOCK_KEY: Final = 0x70617361  # "pasa": the advisory lock the migrations run under
+_PAGE_SIZE: Final = 1000
+_HEAD = "SELECT seq, hash FROM log ORDER BY seq DESC LIMIT 1"
+_PAGE = "SELECT seq, at, kind, fields, prev, hash FROM log WHERE seq > $1 ORDER BY seq LIMIT $2"
+
+
+@dataclass(frozen=True, slots=True)
+class PostgresTarget:
+    dsn: str  # the URL without pasarela's own parameters
+    schema: str
+    shown: str  # the URL without its password, for messages
+
+
+def postgres_target(url: str) -> PostgresTarget:
+    """Split a ``postgresql://`` URL into what asyncpg takes and the schema to use."""
+    parts = urlsplit(url)
+    if parts.scheme not in ("postgresql", "postgres"):
+        raise ValueError(f"not a PostgreSQL URL (scheme {parts.scheme!r})")
+    query = parse_qsl(parts.query, keep_blank_values=True)
+    schema = next((v for k, v in query if k == "schema"), "pasarela")
+    if not _SCHEMA_NAME.fullmatch(schema):
+        raise ValueError(
+            f"schema {schema!r} is not a plain lower-case identifier ([a-z_][a-z0-9_]*)"
+        )
+    rest = urlencode([(k, v) for k, v in query if k != "schema"])
+    dsn = urlunsplit((parts.scheme, parts.netloc, parts.path, rest, ""))
+    netloc = parts.netloc.rpartition("@")
+    host = netloc[2]
+    user = netloc[0].partition(":")[0]
+    shown = f"{parts.scheme}://{user + '@' if user else ''}{host}{parts.path}?schema={schema}"
+    return PostgresTarget(dsn=dsn, schema=schema, shown=shown)
+
+
+async def _migrate(conn: Any, schema: str) -> None:
+    async with conn.transaction():
+        await conn.execute("SELECT pg_advisory_xact_lock($1)", _LOCK_KEY)
+        await conn.execute(f'CREATE SCHEMA IF NOT EXISTS "{schema}"')
+        await conn.execute(f'SET LOCAL search_path TO "{schema}"')
+        await conn.execute(
+            "CREATE TABLE IF NOT EXISTS schema_migrations (version INTEGER PRIMARY KEY,"
+            " description TEXT NOT NULL, applied_at TIMESTAMPTZ NOT NULL DEFAULT now())"
+        )
+        applied = await conn.fetchval("SELECT coalesce(max(version), 0) FROM schema_migrations")
+        known = MIGRATIONS[-1][0]
+        if applied > known:
+            raise StoreUnavailable(
+                f"schema {schema} is at version {applied}; this pasarela knows up to {known}"
+            )
+        for version, description, statements in MIGRATIONS:
+            if version <= applied:
+                continue
+            for statement in statements:
+                await conn.execute(statement)
+            await conn.execute(
+                "INSERT INTO schema_migrations (version, description) VALUES ($1, $2)",
+                version,
+                description,
+            )
+
+
+class PostgresLogStore:
+    """The message log in a PostgreSQL schema. Open it with :meth:`open`."""
+
+    def __init__(self, pool: Any, target: PostgresTarget, head: tuple[int, str] | None) -> None:
+        self._pool = pool
+        self.target = target
+        self._head = head
+
+    @classmethod
+    async def open(
+        cls, url: str, *, timeout: float = 10.0, create: bool = True
+    ) -> PostgresLogStore:
+        """Connect, create or migrate the schema, read the chain's head.
+
+        With ``create=False`` (reading someone's log) nothing is created or migrated, and a
+        schema without a log is a ``ValueError``. Raises :class:`StoreUnavailable` when the
+        server cannot be reached or refuses.
+        """
+        target = postgres_target(url)
+        try:
+            conn = await asyncpg.connect(target.dsn, timeout=timeout)
+            try:
+                if create:
+                    await _migrate(conn, target.schema)
+                elif (
+                    await conn.fetchval("SELECT to_regclass($1)", f'"{target.schema}".log') is None
+                ):
+                    raise ValueError(f"{target.shown} holds no pasarela log")
+            finally:
+                await conn.close()
+            pool = await asyncpg.create_pool(
+                target.dsn,
+                min_size=1,
+                max_size=4,
+                timeout=timeout,
+                command_timeout=COMMAND_TIMEOUT,
+                server_settings={"search_path": target.schema},
+            )
+        except StoreUnavailable:
+            raise
+        except (TimeoutError, OSError, asyncpg.PostgresError) as exc:
+            raise StoreUnavailable(
+                f"PostgreSQL at {target.shown} is unavailable: {type(exc).__name__}: {exc}"
+            ) from exc
+        row = await pool.fetchrow(_HEAD)
+        head = None if row is None else (int(row["seq"]), str(row["hash"]))
+        return cls(pool, target, head)
+
+    def head(self) -> tuple[int, str] | None:
+        """The chain's head as of the last write (read when the store opened)."""
+        return self._head
+
+    async def write(self, records: Sequence[LogRecord]) -> None:
+        """Append ``records`` in one transaction, after checking they continue the chain.
+
+        Writing records that are already stored, identical (a commit whose acknowledgement
+        the connection lost), is not an error: they are skipped. Raises
+        :class:`~gateway.log.StoreUnavailable` when the server is lost or times out.
+        """
+        if not records:
+            return
+        try:
+            await self._write(records)
+        except _LOST as exc:
+            raise StoreUnavailable(
+                f"PostgreSQL at {self.target.shown}: {type(exc).__name__}: {exc}"
+            ) from exc
+        self._head = (records[-1].seq, records[-1].hash)
+
+    async def _write(self, records: Sequence[LogRecord]) -> None:
+        async with self._pool.acquire() as conn, conn.transaction():
+            head = await conn.fetchrow(_HEAD)
+            seq, digest = (0, GENESIS_HASH) if head is None else (head["seq"], head["hash"])
+            if records[0].seq <= seq:
+                stored = await conn.fetch(
+                    "SELECT seq, hash FROM log WHERE seq >= $1 AND seq <= $2 ORDER BY seq",
+                    records[0].seq,
+                    min(seq, records[-1].seq),
+                )
+                if [(r["seq"], r["hash"]) for r in stored] != [
+                    (r.seq, r.hash) for r in records[: len(stored)]
+                ]:
+                    raise ValueError(
+                        f"records {records[0].seq}.. differ from the stored chain "
+                        f"(stored head is record {seq})"
+                    )
+                records = records[len(stored) :]
+            for record in records:
+                if record.seq != seq + 1 or record.prev != digest:
+                    raise ValueError(
+                        f"record {record.seq} does not continue the stored chain "
+                        f"(stored head is record {seq})"
+                    )
+                seq, digest = record.seq, record.hash
+            if records:
+                rows = [
+                    (r.seq, r.at, r.kind, canonical_json(r.fields), r.prev, r.hash) for r in records
+                ]
+                await conn.copy_records_to_table("log", records=rows)
+
+    async def iter_records(self, *, after: int = 0) -> AsyncIterator[LogRecord]:
+        """Records with seq greater than ``after``, ascending, a page at a time."""
+        last = after
+        while True:
+            rows = await self._pool.fetch(_PAGE, last, _PAGE_SIZE)
+            for row in rows:
+                yield decode_row(tuple(row))
+            if len(rows) < _PAGE_SIZE:
+                return
+            last = rows[-1]["seq"]
+
+    async def close(self) -> None:
+        await self._pool.close()
+
+    async def drop(self) -> None:
+        """Remove the whole schema (tests, throwaway rehearsals)."""
+        async with self._pool.acquire() as conn:
+            await conn.execute(f'DROP SCHEMA IF EXISTS "{self.target.schema}" CASCADE')

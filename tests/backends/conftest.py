@@ -1,0 +1,49 @@
+"""Fixtures that run a test against every store backend.
+
+PostgreSQL is the machine's server (127.0.0.1:5432, trust auth, database ``test``); each
+test gets a schema of its own, dropped afterwards, so runs never see each other. Set
+``PASARELA_TEST_POSTGRES`` to another URL (without ``schema``) to use another server.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import asyncpg
+import pytest
+
+POSTGRES = os.environ.get("PASARELA_TEST_POSTGRES", "postgresql://postgres@127.0.0.1:5432/test")
+
+
+def schema_url(schema: str) -> str:
+    return f"{POSTGRES}?schema={schema}"
+
+
+@pytest.fixture
+async def postgres_url() -> AsyncIterator[str]:
+    """A URL naming a fresh schema, dropped when the test ends."""
+    schema = f"t_{secrets.token_hex(6)}"
+    yield schema_url(schema)
+    conn = await asyncpg.connect(POSTGRES)
+    try:
+        await conn.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
+    finally:
+        await conn.close()
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+async def store_url(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[str]:
+    """Where a log store lives, for each backend in turn."""
+    if request.param == "sqlite":
+        yield f"sqlite://{tmp_path / 'log.db'}"
+        return
+    schema = f"t_{secrets.token_hex(6)}"
+    yield schema_url(schema)
+    conn = await asyncpg.connect(POSTGRES)
+    try:
+        await conn.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
+    finally:
+        await conn.close()
