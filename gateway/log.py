@@ -34,6 +34,7 @@ __all__ = [
     "canonical_bytes",
     "canonical_json",
     "chain",
+    "check_continues",
     "record_hash",
     "verify",
 ]
@@ -244,6 +245,20 @@ async def averify(
         if failed is not None:
             return failed
     return check.finish()
+
+
+def check_continues(records: Sequence[LogRecord], head: tuple[int, str] | None) -> None:
+    """Raise ``ValueError`` unless ``records`` continue a stored chain whose head is
+    ``head``: contiguous seqs after it, each ``prev`` the hash before it (stores call this
+    before writing, in the write's transaction)."""
+    seq, digest = head or (0, GENESIS_HASH)
+    for record in records:
+        if record.seq != seq + 1 or record.prev != digest:
+            raise ValueError(
+                f"record {record.seq} does not continue the stored chain "
+                f"(stored head is record {seq})"
+            )
+        seq, digest = record.seq, record.hash
 
 
 class StoreUnavailable(Exception):

@@ -25,7 +25,13 @@ from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 import asyncpg
 
-from gateway.log import GENESIS_HASH, LogRecord, StoreUnavailable, canonical_json
+from gateway.log import (
+    GENESIS_HASH,
+    LogRecord,
+    StoreUnavailable,
+    canonical_json,
+    check_continues,
+)
 from gateway.store import decode_row
 
 __all__ = [
@@ -203,13 +209,7 @@ class PostgresLogStore:
                         f"(stored head is record {seq})"
                     )
                 records = records[len(stored) :]
-            for record in records:
-                if record.seq != seq + 1 or record.prev != digest:
-                    raise ValueError(
-                        f"record {record.seq} does not continue the stored chain "
-                        f"(stored head is record {seq})"
-                    )
-                seq, digest = record.seq, record.hash
+            check_continues(records, (seq, digest) if seq else None)
             if records:
                 rows = [
                     (r.seq, r.at, r.kind, canonical_json(r.fields), r.prev, r.hash) for r in records

@@ -20,12 +20,12 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 
 from gateway.log import (
-    GENESIS_HASH,
     JSONValue,
     LogRecord,
     LogStore,
     StoreUnavailable,
     canonical_json,
+    check_continues,
 )
 
 __all__ = [
@@ -172,14 +172,7 @@ class SqliteLogStore:
         rows = [(r.seq, r.at, r.kind, canonical_json(r.fields), r.prev, r.hash) for r in records]
         with _transaction(self._conn):
             head = self._conn.execute(_SELECT_HEAD).fetchone()
-            seq, digest = (0, GENESIS_HASH) if head is None else (head[0], _text(head[1]))
-            for record in records:
-                if record.seq != seq + 1 or record.prev != digest:
-                    raise ValueError(
-                        f"record {record.seq} does not continue the stored chain "
-                        f"(stored head is record {seq})"
-                    )
-                seq, digest = record.seq, record.hash
+            check_continues(records, None if head is None else (head[0], _text(head[1])))
             self._conn.executemany("INSERT INTO log VALUES (?, ?, ?, ?, ?, ?)", rows)
 
     def records(self, *, after: int = 0) -> Iterator[LogRecord]:

@@ -22,16 +22,20 @@ def schema_url(schema: str) -> str:
     return f"{POSTGRES}?schema={schema}"
 
 
-@pytest.fixture
-async def postgres_url() -> AsyncIterator[str]:
-    """A URL naming a fresh schema, dropped when the test ends."""
-    schema = f"t_{secrets.token_hex(6)}"
-    yield schema_url(schema)
+async def drop_schema(schema: str) -> None:
     conn = await asyncpg.connect(POSTGRES)
     try:
         await conn.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
     finally:
         await conn.close()
+
+
+@pytest.fixture
+async def postgres_url() -> AsyncIterator[str]:
+    """A URL naming a fresh schema, dropped when the test ends."""
+    schema = f"t_{secrets.token_hex(6)}"
+    yield schema_url(schema)
+    await drop_schema(schema)
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])
@@ -42,8 +46,4 @@ async def store_url(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIter
         return
     schema = f"t_{secrets.token_hex(6)}"
     yield schema_url(schema)
-    conn = await asyncpg.connect(POSTGRES)
-    try:
-        await conn.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
-    finally:
-        await conn.close()
+    await drop_schema(schema)
