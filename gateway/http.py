@@ -161,6 +161,12 @@ async def get_health(request: web.Request) -> web.Response:
             "log_seq": gateway.log.head[0],
             "durable_seq": gateway.log.durable_seq,
         }
+    if gateway.cache is not None:
+        try:
+            await asyncio.wait_for(gateway.cache.ping(), timeout=HEALTH_STORE_TIMEOUT)
+            checks["cache"] = {"ok": True, "replica": gateway.cache.owner}
+        except Exception as exc:  # the health check reports; it never fails itself
+            checks["cache"] = {"ok": False, "error": str(exc) or "no answer in time"}
     key = gateway.key_record
     key_ok = (
         not key.revoked

@@ -18,6 +18,7 @@ from dataclasses import dataclass, field, replace
 import structlog
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
+from gateway.cache import ReplayCache
 from gateway.clock import Clock, Randomness
 from gateway.detection import ALERT_CODES, AUTO_QUARANTINE, Alert, DetectionPolicy, Detector
 from gateway.log import JSONValue, LogEntry, LogRecord, MessageLog, StoreUnavailable
@@ -110,6 +111,7 @@ class Gateway:
         randomness: Randomness,
         persist: Callable[[], None] | None = None,
         metrics: GatewayMetrics | None = None,
+        cache: ReplayCache | None = None,
     ) -> None:
         self.config = config
         self.trust = trust
@@ -126,6 +128,8 @@ class Gateway:
         self._buckets: dict[str, Bucket] = {}
         self.detector = Detector(config.detection)
         self.key_record = self._own_key()
+        #: Replay memory and rate buckets shared with other replicas (None: this process's).
+        self.cache = cache
 
     def _own_key(self) -> KeyRecord:
         public = self._key.public_key()
@@ -141,7 +145,8 @@ class Gateway:
             trust=self.trust,
             registry=self.registry,
             seen=self._seen,
-            buckets=self._buckets,
+            # With a shared cache the buckets are global, taken after the local checks.
+            buckets=self._buckets if self.cache is None else {},
             limits=self.config.limits,
         )
 
@@ -174,6 +179,8 @@ class Gateway:
             return await self._retried(decision, request)
         if decision.verdict is Verdict.REJECT:
             response = await self.refuse(decision, kind="rejection", source=request.peer)
+        elif self.cache is not None and (shared := await self._shared(decision, request)):
+            response = shared
         else:
             content_type = header_value(request.headers, "Content-Type") or "application/json"
             response = await self._deliver(
@@ -196,6 +203,62 @@ class Gateway:
             # The first attempt failed transiently and was forgotten: this one goes through.
             return await self._relay(request)
         return seen.outcome.result()
+
+    async def _shared(self, decision: Decision, request: WireRequest) -> WireResponse | None:
+        """Claim the message in the shared cache and take a global rate token.
+
+        None: this replica delivers it. Otherwise the answer: the stored outcome of a retry
+        (logged as one), ``409 replay``, ``429 rate-limited``, or a transient ``503`` when
+        another replica still delivers it after the forwarding timeout.
+        """
+        cache, claims, key = self.cache, decision.claims, decision.key
+        assert cache is not None
+        assert claims is not None
+        assert key is not None
+        ttl = claims.exp + self.config.limits.leeway - self.clock.now()
+        deadline = self.clock.now() + self.config.forward_timeout + 5.0
+        while True:
+            claim = await cache.claim(claims.iss, claims.jti, claims.bh, ttl=ttl)
+            if claim.new:
+                break
+            if claim.bh != claims.bh:
+                detail = f"{claims.iss} already used {claims.jti} with another body"
+                replay = Decision(
+                    verdict=Verdict.REJECT,
+                    reason=ProblemCode.REPLAY,
+                    detail=detail,
+                    claims=claims,
+                    culprit=key.agency,
+                )
+                return await self.refuse(replay, source=request.peer)
+            if claim.outcome is not None:
+                fields = {**_claims_fields(claims), "outcome": "retried"}
+                record = self.log.append(LogEntry(kind="retry", at=self.clock.now(), fields=fields))
+                self.metrics.messages.labels("retried", "").inc()
+                await self.log.sync(record.seq)
+                return claim.outcome
+            if self.clock.now() >= deadline:
+                return problem_response(
+                    ProblemCode.RECEIVER_UNAVAILABLE,
+                    "another replica is still delivering this message",
+                    jti=claims.jti,
+                    retry_after=1.0,
+                )
+            await asyncio.sleep(0.05)
+        limits = self.config.limits
+        wait = await cache.take(claims.iss, rate=limits.rate_per_second, burst=limits.burst)
+        if wait is None:
+            return None
+        await cache.release(claims.iss, claims.jti)
+        limited = Decision(
+            verdict=Verdict.REJECT,
+            reason=ProblemCode.RATE_LIMITED,
+            detail=f"{claims.iss} over {limits.rate_per_second:g} messages/s (all replicas)",
+            claims=claims,
+            retry_after=wait,
+            culprit=key.agency,
+        )
+        return await self.refuse(limited, source=request.peer)
 
     async def _deliver(
         self, decision: Decision, signature: str, body: bytes, *, content_type: str
@@ -225,7 +288,26 @@ class Gateway:
                 # A transient failure is not the message's outcome: a retry may go through.
                 del self._seen[(claims.iss, claims.jti)]
                 outcome.cancel()
+            if self.cache is not None:
+                await self._share_outcome(claims, response if final else None)
         return response
+
+    async def _share_outcome(self, claims: MessageClaims, final: WireResponse | None) -> None:
+        """Tell the other replicas how the message ended (or that a retry may deliver it).
+
+        A cache lost meanwhile does not undo the answer, which the log holds: the claim then
+        expires with the token, and retries at other replicas wait for it, then get a 503.
+        """
+        cache = self.cache
+        assert cache is not None
+        try:
+            if final is None:
+                await cache.release(claims.iss, claims.jti)
+            else:
+                ttl = claims.exp + self.config.limits.leeway - self.clock.now()
+                await cache.finish(claims.iss, claims.jti, final, ttl=ttl)
+        except StoreUnavailable as exc:
+            _log.warning("cache_unavailable", jti=claims.jti, detail=str(exc))
 
     async def _forward(
         self, decision: Decision, signature: str, body: bytes, content_type: str

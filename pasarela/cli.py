@@ -16,14 +16,11 @@ from typing import TYPE_CHECKING
 from rich.console import Console
 
 from gateway.clock import SystemClock, SystemRandomness
-from gateway.log import verify
 from gateway.state import StateError, init_state, state_path
-from gateway.store import SqliteLogStore
 
 if TYPE_CHECKING:
     from gateway.detection import DetectionPolicy
     from gateway.guard import GuardPolicy
-    from gateway.log import Verification
     from gateway.pipeline import Limits
     from gateway.state import StateDir
     from scenarios.model import Scenario
@@ -54,7 +51,21 @@ def _parser() -> argparse.ArgumentParser:
     )
     init.add_argument("--gateway-code", default="PASARELA", help="the gateway's code")
 
-    serve = commands.add_parser("serve", help="run the gateway")
+    serve = commands.add_parser(
+        "serve",
+        help="run the gateway",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog="""replicas (docs/deploy.md): each its own log, one shared cache, one port
+  for n in 1 2; do
+    pasarela serve --state STATE --port 8700 --reuse-port --replica gw$n \\
+      --store "postgresql://pasarela@127.0.0.1:5432/pisee?schema=gw$n" \\
+      --cache "redis://127.0.0.1:6379/0?prefix=pisee" &
+  done
+  pasarela log verify --log "postgresql://...?schema=gw1" --log "postgresql://...?schema=gw2"
+
+exit codes: 0 stopped cleanly, 2 bad --store/--cache URL or state, 3 PostgreSQL or Redis
+unreachable at start""",
+    )
     serve.add_argument("--state", type=Path, required=True, metavar="STATE_DIR")
     serve.add_argument("--host", default="127.0.0.1")
     serve.add_argument("--port", type=int, default=8700)
@@ -94,6 +105,25 @@ def _parser() -> argparse.ArgumentParser:
     )
     serve.add_argument("--burst", type=float, default=200.0, help="token-bucket burst per agency")
     serve.add_argument(
+        "--cache",
+        default=None,
+        metavar="URL",
+        help="share replay memory and rate buckets with other replicas: "
+        "redis://HOST:PORT/DB?prefix=NAME (default: this process's own)",
+    )
+    serve.add_argument(
+        "--replica",
+        default=None,
+        metavar="NAME",
+        help="this replica's name in the cache and in health (default HOST-PID)",
+    )
+    serve.add_argument(
+        "--reuse-port",
+        action="store_true",
+        help="listen with SO_REUSEPORT: several replicas on one port, connections spread "
+        "by the kernel",
+    )
+    serve.add_argument(
         "--store",
         default=None,
         metavar="URL",
@@ -124,9 +154,10 @@ def _parser() -> argparse.ArgumentParser:
     source.add_argument("--state", type=Path, metavar="STATE_DIR", help="a gateway's state")
     source.add_argument(
         "--log",
+        action="append",
         metavar="FILE|URL",
         help="a log file (a run's log.db), sqlite:///PATH, or the postgresql://...?schema=NAME "
-        "a gateway was served with (--store)",
+        "a gateway was served with (--store); repeat it for the logs of several replicas",
     )
     log_verify.add_argument("--json", action="store_true", help="print the result as JSON")
 
@@ -322,7 +353,7 @@ def _serve(args: argparse.Namespace) -> int:
         errors.print(f"pasarela: {exc}", markup=False)
         return EXIT_INFRA
     except ValueError as exc:
-        errors.print(f"pasarela: --store: {exc}", markup=False)
+        errors.print(f"pasarela: --store/--cache: {exc}", markup=False)
         return EXIT_USAGE
     return EXIT_OK
 
@@ -335,11 +366,19 @@ async def _serve_gateway(
     guard: GuardPolicy,
 ) -> None:
     """Open the log store in the loop that serves (a PostgreSQL pool belongs to it)."""
+    import os
+    import socket
+
     from gateway.backends import open_store
+    from gateway.cache import ReplayCache
     from pasarela.runtime import build_gateway_app, guard_alerts, run_app
 
+    cache = None
+    if args.cache:
+        replica = args.replica or f"{socket.gethostname()}-{os.getpid()}"
+        cache = await ReplayCache.open(args.cache, owner=replica)
     store = await open_store(args.store) if args.store else None
-    app = build_gateway_app(state, limits=limits, detection=detection, store=store)
+    app = build_gateway_app(state, limits=limits, detection=detection, store=store, cache=cache)
     await run_app(
         app,
         host=args.host,
@@ -347,18 +386,8 @@ async def _serve_gateway(
         name="gateway",
         guard=guard,
         on_guard_event=guard_alerts(app),
+        reuse_port=args.reuse_port,
     )
-
-
-async def _verify_postgres(url: str) -> Verification:
-    from gateway.log import averify
-    from gateway.pgstore import PostgresLogStore
-
-    store = await PostgresLogStore.open(url, create=False)
-    try:
-        return await averify(store.iter_records())
-    finally:
-        await store.close()
 
 
 def _agents_serve(args: argparse.Namespace) -> int:
@@ -397,54 +426,45 @@ def _send(args: argparse.Namespace) -> int:
 
 
 def _log_verify(args: argparse.Namespace) -> int:
-    from gateway.backends import is_postgres_url
-    from gateway.pgstore import StoreUnavailable
+    from gateway.log import StoreUnavailable
+    from pasarela.logcheck import LogCheck, check_log
 
-    result: Verification
-    if args.log is not None and is_postgres_url(args.log):
+    targets: list[str | Path] = list(args.log or [])
+    if not targets:
+        database = state_path(args.state) / "state.db"
+        if not database.exists():
+            errors.print(f"{database} does not exist; is {args.state} a pasarela state directory?")
+            return EXIT_USAGE
+        targets = [database]
+    checks: list[LogCheck] = []
+    for target in targets:
         try:
-            result = asyncio.run(_verify_postgres(args.log))
+            checks.append(check_log(target))
         except StoreUnavailable as exc:
             errors.print(f"pasarela: {exc}", markup=False)
             return EXIT_INFRA
-        except ValueError as exc:
+        except (FileNotFoundError, ValueError) as exc:
             errors.print(f"pasarela: --log: {exc}", markup=False)
             return EXIT_USAGE
-    else:
-        if args.log is not None:
-            path = args.log.removeprefix("sqlite://")
-            database = state_path(path)
-            if not database.is_file():
-                errors.print(f"{database} does not exist")
-                return EXIT_USAGE
-        else:
-            database = state_path(args.state) / "state.db"
-            if not database.exists():
-                errors.print(
-                    f"{database} does not exist; is {args.state} a pasarela state directory?"
-                )
-                return EXIT_USAGE
-        store = SqliteLogStore(database)
-        try:
-            result = verify(store.records())
-        finally:
-            store.close()
+    ok = all(check.result.ok for check in checks)
     if args.json:
-        console.print_json(
-            json.dumps(
-                {
-                    "ok": result.ok,
-                    "records": result.records,
-                    "first_bad_seq": result.first_bad_seq,
-                    "problem": result.problem,
-                }
+        documents = [check.as_dict() for check in checks]
+        if len(documents) == 1:
+            del documents[0]["log"]
+            console.print_json(json.dumps(documents[0]))
+        else:
+            console.print_json(json.dumps({"ok": ok, "logs": documents}))
+        return EXIT_OK if ok else EXIT_FAILED
+    for check in checks:
+        result, name = check.result, check.log if len(checks) > 1 else "log"
+        if result.ok:
+            console.print(f"{name} OK: {result.records} records, hash chain intact", markup=False)
+        else:
+            console.print(
+                f"{name} BROKEN at sequence number {result.first_bad_seq}: {result.problem}",
+                markup=False,
             )
-        )
-    elif result.ok:
-        console.print(f"log OK: {result.records} records, hash chain intact")
-    else:
-        console.print(f"log BROKEN at sequence number {result.first_bad_seq}: {result.problem}")
-    return EXIT_OK if result.ok else EXIT_FAILED
+    return EXIT_OK if ok else EXIT_FAILED
 
 
 def _run(args: argparse.Namespace) -> int:

@@ -16,6 +16,7 @@ from aiohttp import web
 
 from agents.host import AgencyHost, load_identities
 from agents.verification import Directory
+from gateway.cache import ReplayCache
 from gateway.clock import SystemClock, SystemRandomness
 from gateway.detection import DetectionPolicy
 from gateway.guard import GuardedAppRunner, GuardEventKind, GuardPolicy
@@ -73,9 +74,11 @@ def build_gateway_app(
     limits: Limits | None = None,
     detection: DetectionPolicy | None = None,
     store: LogStore | None = None,
+    cache: ReplayCache | None = None,
 ) -> web.Application:
     """The live gateway over ``state``: its log in ``store`` (default: the state's SQLite
-    file), real HTTP to agencies, wall clock."""
+    file), replay memory and rate buckets shared in ``cache`` (default: its own), real
+    HTTP to agencies, wall clock."""
     gateway = Gateway(
         config=GatewayConfig(
             code=state.gateway_code,
@@ -90,10 +93,13 @@ def build_gateway_app(
         clock=SystemClock(),
         randomness=SystemRandomness(),
         persist=state.persist,
+        cache=cache,
     )
     app = create_app(gateway, operators=state.operators)
 
     async def close_state(app: web.Application) -> None:
+        if cache is not None:
+            await cache.aclose()
         state.close()
 
     app.on_cleanup.append(close_state)
@@ -175,6 +181,7 @@ async def run_app(
     name: str,
     guard: GuardPolicy | None = None,
     on_guard_event: Callable[[GuardEventKind], None] | None = None,
+    reuse_port: bool = False,
 ) -> None:
     """Serve until SIGTERM or SIGINT, then shut down cleanly.
 
@@ -190,7 +197,8 @@ async def run_app(
         access_log=None,
     )
     await runner.setup()
-    site = web.TCPSite(runner, host, port, reuse_address=True)
+    # reuse_port: several replicas listen on one port, the kernel spreads the connections.
+    site = web.TCPSite(runner, host, port, reuse_address=True, reuse_port=reuse_port or None)
     await site.start()
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()

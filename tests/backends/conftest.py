@@ -1,8 +1,10 @@
 """Fixtures that run a test against every store backend.
 
 PostgreSQL is the machine's server (127.0.0.1:5432, trust auth, database ``test``); each
-test gets a schema of its own, dropped afterwards, so runs never see each other. Set
-``PASARELA_TEST_POSTGRES`` to another URL (without ``schema``) to use another server.
+test gets a schema of its own, dropped afterwards, so runs never see each other. Redis is
+127.0.0.1:6379; each test gets a key prefix of its own, its keys deleted afterwards. Set
+``PASARELA_TEST_POSTGRES`` (without ``schema``) or ``PASARELA_TEST_REDIS`` (without
+``prefix``) to use other servers.
 """
 
 from __future__ import annotations
@@ -14,8 +16,10 @@ from pathlib import Path
 
 import asyncpg
 import pytest
+import redis.asyncio
 
 POSTGRES = os.environ.get("PASARELA_TEST_POSTGRES", "postgresql://postgres@127.0.0.1:5432/test")
+REDIS = os.environ.get("PASARELA_TEST_REDIS", "redis://127.0.0.1:6379/0")
 
 
 def schema_url(schema: str) -> str:
@@ -47,3 +51,17 @@ async def store_url(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIter
     schema = f"t_{secrets.token_hex(6)}"
     yield schema_url(schema)
     await drop_schema(schema)
+
+
+@pytest.fixture
+async def redis_url() -> AsyncIterator[str]:
+    """A URL naming a fresh key prefix, whose keys are deleted when the test ends."""
+    prefix = f"t-{secrets.token_hex(6)}"
+    yield f"{REDIS}?prefix={prefix}"
+    client = redis.asyncio.from_url(REDIS)
+    try:
+        keys = [key async for key in client.scan_iter(match=f"{prefix}:*")]
+        if keys:
+            await client.delete(*keys)
+    finally:
+        await client.aclose()

@@ -32,6 +32,22 @@ def test_serve_exits_3_when_postgres_is_unreachable(tmp_path: Path) -> None:
     assert "s3cret" not in served.stderr
 
 
+def test_serve_exits_3_when_redis_is_unreachable(tmp_path: Path) -> None:
+    init_state(tmp_path / "state", agencies=2, randomness=SeededRandomness(1), now=1.7e9)
+    url = "redis://:s3cret@127.0.0.1:1/0?prefix=nowhere"
+    served = _serve("--state", str(tmp_path / "state"), "--cache", url)
+    assert served.returncode == 3, served.stderr
+    assert "Redis at redis://127.0.0.1:1/0?prefix=nowhere" in served.stderr
+    assert "s3cret" not in served.stderr
+
+
+def test_serve_rejects_a_cache_url_it_cannot_use(tmp_path: Path) -> None:
+    init_state(tmp_path / "state", agencies=2, randomness=SeededRandomness(1), now=1.7e9)
+    served = _serve("--state", str(tmp_path / "state"), "--cache", "memcached://x/0")
+    assert served.returncode == 2, served.stderr
+    assert "not a Redis URL" in served.stderr
+
+
 def test_serve_rejects_a_store_url_it_cannot_use(tmp_path: Path) -> None:
     init_state(tmp_path / "state", agencies=2, randomness=SeededRandomness(1), now=1.7e9)
     served = _serve("--state", str(tmp_path / "state"), "--store", "mysql://db/x")
