@@ -57,7 +57,9 @@ class Admin:
             **detail,
         }
         record = gw.log.append(LogEntry(kind="admin", at=gw.clock.now(), fields=fields))
-        gw.persist()
+        persisted = gw.persist()
+        if persisted is not None:
+            await persisted
         gw.metrics.admin_actions.labels(action).inc()
         _log.info("admin_action", seq=record.seq, **fields)
         await gw.log.sync(record.seq)

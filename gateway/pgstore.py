@@ -37,6 +37,7 @@ from gateway.store import decode_row
 __all__ = [
     "COMMAND_TIMEOUT",
     "MIGRATIONS",
+    "PostgresDocuments",
     "PostgresLogStore",
     "StoreUnavailable",
     "postgres_target",
@@ -54,6 +55,15 @@ MIGRATIONS: Final[tuple[tuple[int, str, tuple[str, ...]], ...]] = (
             " updated_seq BIGINT)",
         ),
     ),
+    (
+        2,
+        "one hash chain per replica in the same log table",
+        (
+            "ALTER TABLE log ADD COLUMN chain TEXT NOT NULL DEFAULT ''",
+            "ALTER TABLE log DROP CONSTRAINT log_pkey",
+            "ALTER TABLE log ADD PRIMARY KEY (chain, seq)",
+        ),
+    ),
 )
 
 #: Seconds a statement may take before the store counts as unavailable.
@@ -64,8 +74,13 @@ _LOST: Final = (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceE
 _SCHEMA_NAME = re.compile(r"[a-z_][a-z0-9_]{0,62}")
 _LOCK_KEY: Final = 0x70617361  # "pasa": the advisory lock the migrations run under
 _PAGE_SIZE: Final = 1000
-_HEAD = "SELECT seq, hash FROM log ORDER BY seq DESC LIMIT 1"
-_PAGE = "SELECT seq, at, kind, fields, prev, hash FROM log WHERE seq > $1 ORDER BY seq LIMIT $2"
+_CHAIN_LOCK: Final = 0x63686E  # "chn": with hashtext(chain), one writer per chain
+_HEAD = "SELECT seq, hash FROM log WHERE chain = $1 ORDER BY seq DESC LIMIT 1"
+_PAGE = (
+    "SELECT seq, at, kind, fields, prev, hash FROM log"
+    " WHERE chain = $1 AND seq > $2 ORDER BY seq LIMIT $3"
+)
+_COLUMNS: Final = ("seq", "at", "kind", "fields", "prev", "hash", "chain")
 
 
 @dataclass(frozen=True, slots=True)
@@ -123,24 +138,42 @@ async def _migrate(conn: Any, schema: str) -> None:
 
 
 class PostgresLogStore:
-    """The message log in a PostgreSQL schema. Open it with :meth:`open`."""
+    """One replica's hash chain of the message log in a PostgreSQL schema, and the
+    schema's shared documents. Open it with :meth:`open`.
 
-    def __init__(self, pool: Any, target: PostgresTarget, head: tuple[int, str] | None) -> None:
+    Several replicas share a schema, each writing its own chain (``chain``: the replica's
+    name; ``""`` for a gateway of one process). A chain has one writer at a time: opening
+    a chain another process holds is :class:`StoreUnavailable`.
+    """
+
+    def __init__(
+        self,
+        pool: Any,
+        target: PostgresTarget,
+        head: tuple[int, str] | None,
+        *,
+        chain: str,
+        holder: Any = None,
+    ) -> None:
         self._pool = pool
         self.target = target
+        self.chain = chain
         self._head = head
+        self._holder = holder  # the connection holding the chain's advisory lock
 
     @classmethod
     async def open(
-        cls, url: str, *, timeout: float = 10.0, create: bool = True
+        cls, url: str, *, chain: str = "", timeout: float = 10.0, create: bool = True
     ) -> PostgresLogStore:
-        """Connect, create or migrate the schema, read the chain's head.
+        """Connect, create or migrate the schema, take the chain, read its head.
 
-        With ``create=False`` (reading someone's log) nothing is created or migrated, and a
-        schema without a log is a ``ValueError``. Raises :class:`StoreUnavailable` when the
-        server cannot be reached or refuses.
+        With ``create=False`` (reading someone's log) nothing is created, migrated or
+        taken, and a schema without a log is a ``ValueError``. Raises
+        :class:`StoreUnavailable` when the server cannot be reached or refuses, or when
+        another process writes the chain.
         """
         target = postgres_target(url)
+        holder = None
         try:
             conn = await asyncpg.connect(target.dsn, timeout=timeout)
             try:
@@ -150,7 +183,23 @@ class PostgresLogStore:
                     await conn.fetchval("SELECT to_regclass($1)", f'"{target.schema}".log') is None
                 ):
                     raise ValueError(f"{target.shown} holds no pasarela log")
-            finally:
+            except BaseException:
+                await conn.close()
+                raise
+            if create:
+                holder = conn
+                lock = f"{target.schema}/{chain}"
+                taken = await conn.fetchval(
+                    "SELECT pg_try_advisory_lock($1, hashtext($2))", _CHAIN_LOCK, lock
+                )
+                if not taken:
+                    await conn.close()
+                    name = f"chain {chain!r}" if chain else "the default chain"
+                    raise StoreUnavailable(
+                        f"{name} of {target.shown} is written by another gateway process: "
+                        "give each replica its own --replica NAME"
+                    )
+            else:
                 await conn.close()
             pool = await asyncpg.create_pool(
                 target.dsn,
@@ -160,22 +209,24 @@ class PostgresLogStore:
                 command_timeout=COMMAND_TIMEOUT,
                 server_settings={"search_path": target.schema},
             )
+            row = await pool.fetchrow(_HEAD, chain)
         except StoreUnavailable:
             raise
-        except (TimeoutError, OSError, asyncpg.PostgresError) as exc:
+        except _LOST as exc:
+            if holder is not None:
+                await holder.close()
             raise StoreUnavailable(
                 f"PostgreSQL at {target.shown} is unavailable: {type(exc).__name__}: {exc}"
             ) from exc
-        row = await pool.fetchrow(_HEAD)
         head = None if row is None else (int(row["seq"]), str(row["hash"]))
-        return cls(pool, target, head)
+        return cls(pool, target, head, chain=chain, holder=holder)
 
     def head(self) -> tuple[int, str] | None:
         """The chain's head as of the last write (read when the store opened)."""
         return self._head
 
     async def write(self, records: Sequence[LogRecord]) -> None:
-        """Append ``records`` in one transaction, after checking they continue the chain.
+        """Append ``records`` to the chain in one transaction, after checking they continue it.
 
         Writing records that are already stored, identical (a commit whose acknowledgement
         the connection lost), is not an error: they are skipped. Raises
@@ -193,11 +244,13 @@ class PostgresLogStore:
 
     async def _write(self, records: Sequence[LogRecord]) -> None:
         async with self._pool.acquire() as conn, conn.transaction():
-            head = await conn.fetchrow(_HEAD)
+            head = await conn.fetchrow(_HEAD, self.chain)
             seq, digest = (0, GENESIS_HASH) if head is None else (head["seq"], head["hash"])
             if records[0].seq <= seq:
                 stored = await conn.fetch(
-                    "SELECT seq, hash FROM log WHERE seq >= $1 AND seq <= $2 ORDER BY seq",
+                    "SELECT seq, hash FROM log WHERE chain = $1 AND seq >= $2 AND seq <= $3"
+                    " ORDER BY seq",
+                    self.chain,
                     records[0].seq,
                     min(seq, records[-1].seq),
                 )
@@ -212,25 +265,114 @@ class PostgresLogStore:
             check_continues(records, (seq, digest) if seq else None)
             if records:
                 rows = [
-                    (r.seq, r.at, r.kind, canonical_json(r.fields), r.prev, r.hash) for r in records
+                    (r.seq, r.at, r.kind, canonical_json(r.fields), r.prev, r.hash, self.chain)
+                    for r in records
                 ]
-                await conn.copy_records_to_table("log", records=rows)
+                await conn.copy_records_to_table("log", records=rows, columns=_COLUMNS)
 
-    async def iter_records(self, *, after: int = 0) -> AsyncIterator[LogRecord]:
-        """Records with seq greater than ``after``, ascending, a page at a time."""
+    async def chains(self) -> list[str]:
+        """The chains the schema holds (one per replica that wrote), by name."""
+        rows = await self._pool.fetch("SELECT DISTINCT chain FROM log ORDER BY chain")
+        return [str(row["chain"]) for row in rows]
+
+    async def iter_records(
+        self, *, after: int = 0, chain: str | None = None
+    ) -> AsyncIterator[LogRecord]:
+        """Records of ``chain`` (default: this store's) with seq greater than ``after``,
+        ascending, a page at a time."""
+        name = self.chain if chain is None else chain
         last = after
         while True:
-            rows = await self._pool.fetch(_PAGE, last, _PAGE_SIZE)
+            rows = await self._pool.fetch(_PAGE, name, last, _PAGE_SIZE)
             for row in rows:
                 yield decode_row(tuple(row))
             if len(rows) < _PAGE_SIZE:
                 return
             last = rows[-1]["seq"]
 
+    def documents(self) -> PostgresDocuments:
+        """The schema's named documents (trust store, registry), shared by its replicas."""
+        return PostgresDocuments(self._pool, self.target)
+
     async def close(self) -> None:
         await self._pool.close()
+        if self._holder is not None:
+            await self._holder.close()
+            self._holder = None
 
     async def drop(self) -> None:
         """Remove the whole schema (tests, throwaway rehearsals)."""
         async with self._pool.acquire() as conn:
             await conn.execute(f'DROP SCHEMA IF EXISTS "{self.target.schema}" CASCADE')
+
+
+class PostgresDocuments:
+    """Named blobs in the schema's ``documents`` table (the shared trust store and registry)."""
+
+    def __init__(self, pool: Any, target: PostgresTarget) -> None:
+        self._pool = pool
+        self._target = target
+
+    @property
+    def shown(self) -> str:
+        return self._target.shown
+
+    def _lost(self, exc: BaseException) -> StoreUnavailable:
+        return StoreUnavailable(f"PostgreSQL at {self._target.shown}: {type(exc).__name__}: {exc}")
+
+    async def get(self, *names: str) -> dict[str, bytes]:
+        """The documents among ``names`` that exist."""
+        try:
+            rows = await self._pool.fetch(
+                "SELECT name, value FROM documents WHERE name = ANY($1::text[])", list(names)
+            )
+        except _LOST as exc:
+            raise self._lost(exc) from exc
+        return {str(row["name"]): bytes(row["value"]) for row in rows}
+
+    async def put(self, documents: dict[str, bytes]) -> None:
+        """Insert or replace ``documents`` in one transaction; committed on return."""
+        try:
+            async with self._pool.acquire() as conn, conn.transaction():
+                await conn.executemany(
+                    "INSERT INTO documents (name, value) VALUES ($1, $2)"
+                    " ON CONFLICT (name) DO UPDATE SET value = excluded.value",
+                    list(documents.items()),
+                )
+        except _LOST as exc:
+            raise self._lost(exc) from exc
+
+    async def seed(self, documents: dict[str, bytes]) -> bool:
+        """Insert ``documents`` unless the schema already holds a ``registry`` (the first
+        replica to start seeds them); True when this call did."""
+        try:
+            async with self._pool.acquire() as conn, conn.transaction():
+                await conn.execute("SELECT pg_advisory_xact_lock($1)", _LOCK_KEY)
+                if await conn.fetchval("SELECT 1 FROM documents WHERE name = 'registry'"):
+                    return False
+                await conn.executemany(
+                    "INSERT INTO documents (name, value) VALUES ($1, $2)"
+                    " ON CONFLICT (name) DO UPDATE SET value = excluded.value",
+                    list(documents.items()),
+                )
+                return True
+        except _LOST as exc:
+            raise self._lost(exc) from exc
+
+    async def bump(self, documents: dict[str, bytes]) -> int:
+        """Write ``documents`` and increment ``revision`` in one transaction; the new
+        revision."""
+        try:
+            async with self._pool.acquire() as conn, conn.transaction():
+                await conn.execute("SELECT pg_advisory_xact_lock($1)", _LOCK_KEY)
+                current = await conn.fetchval("SELECT value FROM documents WHERE name = 'revision'")
+                revision = int(bytes(current or b"0")) + 1
+                rows = [*documents.items(), ("revision", str(revision).encode())]
+                await conn.executemany(
+                    "INSERT INTO documents (name, value) VALUES ($1, $2)"
+                    " ON CONFLICT (name) DO UPDATE SET value = excluded.value",
+                    rows,
+                )
+                return revision
+        except _LOST as exc:
+            raise self._lost(exc) from exc

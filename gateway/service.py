@@ -12,7 +12,7 @@ import asyncio
 import heapq
 import json
 import math
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field, replace
 
 import structlog
@@ -109,7 +109,7 @@ class Gateway:
         transport: Transport,
         clock: Clock,
         randomness: Randomness,
-        persist: Callable[[], None] | None = None,
+        persist: Callable[[], Awaitable[None] | None] | None = None,
         metrics: GatewayMetrics | None = None,
         cache: ReplayCache | None = None,
     ) -> None:
@@ -459,7 +459,9 @@ class Gateway:
             "to": ConnectionState.QUARANTINED.value,
         }
         record = self.log.append(LogEntry(kind="admin", at=self.clock.now(), fields=fields))
-        self.persist()
+        persisted = self.persist()
+        if persisted is not None:
+            await persisted
         self.metrics.admin_actions.labels(AUTO_QUARANTINE).inc()
         self.detector.forget(agency.code)
         await self.alert(

@@ -55,13 +55,13 @@ def _parser() -> argparse.ArgumentParser:
         "serve",
         help="run the gateway",
         formatter_class=argparse.RawDescriptionHelpFormatter,
-        epilog="""replicas (docs/deploy.md): each its own log, one shared cache, one port
+        epilog="""replicas (docs/deploy.md): one schema (a chain each), one cache, one port
   for n in 1 2; do
     pasarela serve --state STATE --port 8700 --reuse-port --replica gw$n \\
-      --store "postgresql://pasarela@127.0.0.1:5432/pisee?schema=gw$n" \\
+      --store "postgresql://pasarela@127.0.0.1:5432/pisee?schema=gateway" \\
       --cache "redis://127.0.0.1:6379/0?prefix=pisee" &
   done
-  pasarela log verify --log "postgresql://...?schema=gw1" --log "postgresql://...?schema=gw2"
+  pasarela log verify --log "postgresql://pasarela@127.0.0.1:5432/pisee?schema=gateway"
 
 exit codes: 0 stopped cleanly, 2 bad --store/--cache URL or state, 3 PostgreSQL or Redis
 unreachable at start""",
@@ -115,7 +115,8 @@ unreachable at start""",
         "--replica",
         default=None,
         metavar="NAME",
-        help="this replica's name in the cache and in health (default HOST-PID)",
+        help="this replica's name: its hash chain in a shared PostgreSQL log, its owner name "
+        "in the cache and health (default: the one chain of a single gateway; HOST-PID)",
     )
     serve.add_argument(
         "--reuse-port",
@@ -371,14 +372,22 @@ async def _serve_gateway(
 
     from gateway.backends import open_store
     from gateway.cache import ReplayCache
+    from gateway.pgstore import PostgresLogStore
     from pasarela.runtime import build_gateway_app, guard_alerts, run_app
+    from pasarela.shared import SharedState
 
     cache = None
     if args.cache:
         replica = args.replica or f"{socket.gethostname()}-{os.getpid()}"
         cache = await ReplayCache.open(args.cache, owner=replica)
-    store = await open_store(args.store) if args.store else None
-    app = build_gateway_app(state, limits=limits, detection=detection, store=store, cache=cache)
+    store = await open_store(args.store, chain=args.replica or "") if args.store else None
+    shared = None
+    if isinstance(store, PostgresLogStore):
+        shared = SharedState(state, store.documents())
+        await shared.load()
+    app = build_gateway_app(
+        state, limits=limits, detection=detection, store=store, cache=cache, shared=shared
+    )
     await run_app(
         app,
         host=args.host,
@@ -439,7 +448,7 @@ def _log_verify(args: argparse.Namespace) -> int:
     checks: list[LogCheck] = []
     for target in targets:
         try:
-            checks.append(check_log(target))
+            checks.extend(check_log(target))
         except StoreUnavailable as exc:
             errors.print(f"pasarela: {exc}", markup=False)
             return EXIT_INFRA

@@ -1,4 +1,4 @@
-"""``pasarela log verify``: check one log, or the logs of several replicas together."""
+"""``pasarela log verify``: check one log, or the chains of several replicas together."""
 
 from __future__ import annotations
 
@@ -29,26 +29,35 @@ class LogCheck:
         }
 
 
-async def _check_postgres(url: str) -> Verification:
+async def _check_postgres(url: str) -> list[LogCheck]:
     store = await PostgresLogStore.open(url, create=False)
+    shown = postgres_target(url).shown
     try:
-        return await averify(store.iter_records())
+        chains = await store.chains() or [""]
+        return [
+            LogCheck(
+                f"{shown}#{chain}" if len(chains) > 1 or chain else shown,
+                await averify(store.iter_records(chain=chain)),
+            )
+            for chain in chains
+        ]
     finally:
         await store.close()
 
 
-def check_log(target: str | Path) -> LogCheck:
-    """Verify the chain of a SQLite file (a path or ``sqlite:///PATH``) or of a PostgreSQL
-    schema (read only). Raises ``FileNotFoundError`` or ``ValueError`` for a log that is
-    not there, :class:`~gateway.log.StoreUnavailable` for a server that does not answer."""
+def check_log(target: str | Path) -> list[LogCheck]:
+    """Verify the chain of a SQLite file (a path or ``sqlite:///PATH``), or every chain of
+    a PostgreSQL schema (one per replica; read only). Raises ``FileNotFoundError`` or
+    ``ValueError`` for a log that is not there, :class:`~gateway.log.StoreUnavailable` for
+    a server that does not answer."""
     text = str(target)
     if is_postgres_url(text):
-        return LogCheck(postgres_target(text).shown, asyncio.run(_check_postgres(text)))
+        return asyncio.run(_check_postgres(text))
     path = Path(text.removeprefix("sqlite://")).expanduser().resolve()
     if not path.is_file():
         raise FileNotFoundError(f"{path} does not exist")
     store = SqliteLogStore(path)
     try:
-        return LogCheck(str(path), verify(store.records()))
+        return [LogCheck(str(path), verify(store.records()))]
     finally:
         store.close()

@@ -28,6 +28,7 @@ from gateway.state import StateDir, StateError
 from gateway.store import read_documents
 from gateway.transport import HttpTransport
 from gateway.trust import TrustStore
+from pasarela.shared import SharedState, running
 
 __all__ = [
     "StateWatcher",
@@ -75,9 +76,11 @@ def build_gateway_app(
     detection: DetectionPolicy | None = None,
     store: LogStore | None = None,
     cache: ReplayCache | None = None,
+    shared: SharedState | None = None,
 ) -> web.Application:
     """The live gateway over ``state``: its log in ``store`` (default: the state's SQLite
-    file), replay memory and rate buckets shared in ``cache`` (default: its own), real
+    file), replay memory and rate buckets shared in ``cache`` (default: its own), trust
+    store and registry followed in ``shared`` (replicas on one PostgreSQL schema), real
     HTTP to agencies, wall clock."""
     gateway = Gateway(
         config=GatewayConfig(
@@ -92,10 +95,12 @@ def build_gateway_app(
         transport=HttpTransport(),
         clock=SystemClock(),
         randomness=SystemRandomness(),
-        persist=state.persist,
+        persist=state.persist if shared is None else shared.persist,
         cache=cache,
     )
     app = create_app(gateway, operators=state.operators)
+    if shared is not None:
+        app.cleanup_ctx.append(lambda _: running(shared, gateway))
 
     async def close_state(app: web.Application) -> None:
         if cache is not None:

@@ -103,7 +103,8 @@ async def test_migrations_run_once_and_a_newer_schema_is_refused(postgres_url: s
     """Two stores opening at once apply the migrations once; a version from the future
     stops a store from opening."""
     first, second = await asyncio.gather(
-        PostgresLogStore.open(postgres_url), PostgresLogStore.open(postgres_url)
+        PostgresLogStore.open(postgres_url, chain="a"),
+        PostgresLogStore.open(postgres_url, chain="b"),
     )
     await first.close()
     await second.close()
@@ -165,3 +166,41 @@ def test_postgres_urls_are_checked_before_connecting() -> None:
     assert postgres_target("postgresql://db/pisee").schema == "pasarela"
     with pytest.raises(ValueError, match="plain lower-case identifier"):
         postgres_target('postgresql://db/x?schema=a";drop')
+
+
+async def test_replicas_write_their_own_chains_in_one_schema(postgres_url: str) -> None:
+    """Each chain has its own sequence and head; a chain has one writer at a time."""
+    one = await PostgresLogStore.open(postgres_url, chain="r1")
+    two = await PostgresLogStore.open(postgres_url, chain="r2")
+    try:
+        await one.write(build_records(3))
+        await two.write(build_records(5))
+        assert await one.chains() == ["r1", "r2"]
+        assert [r.seq async for r in one.iter_records()] == [1, 2, 3]
+        assert [r.seq async for r in one.iter_records(chain="r2")] == [1, 2, 3, 4, 5]
+        with pytest.raises(StoreUnavailable, match="give each replica its own --replica"):
+            await PostgresLogStore.open(postgres_url, chain="r1")
+    finally:
+        await one.close()
+        await two.close()
+    again = await PostgresLogStore.open(postgres_url, chain="r1")  # released on close
+    try:
+        assert again.head() == (3, build_records(3)[-1].hash)
+    finally:
+        await again.close()
+
+
+async def test_documents_are_seeded_once_and_bumped_atomically(postgres_url: str) -> None:
+    store = await PostgresLogStore.open(postgres_url)
+    try:
+        documents = store.documents()
+        assert await documents.seed({"registry": b"first", "revision": b"1"}) is True
+        assert await documents.seed({"registry": b"second", "revision": b"1"}) is False
+        revisions = await asyncio.gather(*(documents.bump({"registry": b"x"}) for _ in range(5)))
+        assert sorted(revisions) == [2, 3, 4, 5, 6]
+        assert await documents.get("registry", "revision", "absent") == {
+            "registry": b"x",
+            "revision": b"6",
+        }
+    finally:
+        await store.close()

@@ -113,7 +113,7 @@ def test_replicas_on_two_ports_share_replays_retries_and_the_rate_limit(
             for n, url in enumerate([one.url, two.url, one.url])
         ]
         assert statuses == [200, 200, 429]  # burst 3 across both replicas
-    verified = [check_log(state.parent / f"{name}.db") for name in ("r1", "r2")]
+    verified = [check_log(state.parent / f"{name}.db")[0] for name in ("r1", "r2")]
     assert all(check.result.ok for check in verified)
     assert [check.result.records > 0 for check in verified] == [True, True]
     both = subprocess.run(
@@ -140,6 +140,59 @@ def test_replicas_on_one_port_with_so_reuseport_share_the_load(
             return [status for status, _, _ in answers]
 
         assert asyncio.run(send_all()) == [200] * 40
-    counts = [check_log(state.parent / f"{name}.db").result.records for name in ("s1", "s2")]
+    counts = [check_log(state.parent / f"{name}.db")[0].result.records for name in ("s1", "s2")]
     assert sum(counts) == 80  # a request and a response record per message
     assert min(counts) > 0, counts  # the kernel gave both replicas connections
+
+
+def test_replicas_on_one_postgres_schema_follow_each_others_operator_actions(
+    platform: tuple[Path, Child], redis_url: str, postgres_url: str
+) -> None:
+    """Two replicas, one schema (a chain each), one cache: an agency disconnected at one
+    replica is refused at the other a moment later, and both chains verify."""
+    state, _ = platform
+    p1, p2 = free_ports(2)
+    token = (state / "operator" / "token.jwt").read_text().strip()
+    with ExitStack() as stack:
+        for name, port in (("r1", p1), ("r2", p2)):
+            argv = pasarela_argv(
+                "serve", "--state", str(state), "--port", str(port), "--store", postgres_url,
+                "--cache", redis_url, "--replica", name,
+            )  # fmt: skip
+            child = stack.enter_context(
+                child_process(name, argv, port=port, log=state.parent / f"{name}.out")
+            )
+            asyncio.run(wait_healthy(child))
+        one, two = f"http://127.0.0.1:{p1}", f"http://127.0.0.1:{p2}"
+        assert asyncio.run(_post(two, *_message(state, "AG001-p-1", {"n": 1})))[0] == 200
+
+        async def disconnect() -> int:
+            async with (
+                aiohttp.ClientSession() as session,
+                session.post(
+                    f"{one}/v1/admin/agencies/AG002/transitions",
+                    json={"event": "disconnect", "reason": "rehearsal"},
+                    headers={"Authorization": f"Bearer {token}"},
+                ) as response,
+            ):
+                return response.status
+
+        assert asyncio.run(disconnect()) == 200
+        deadline, status, attempt = time.monotonic() + 10, 0, 0
+        while time.monotonic() < deadline:
+            attempt += 1
+            message = _message(state, f"AG001-q-{attempt}", {})
+            status, _, body = asyncio.run(_post(two, *message))
+            if status == 403:
+                break
+            time.sleep(0.2)
+        assert status == 403
+        assert json.loads(body)["type"] == "urn:pasarela:problem:agency-disconnected"
+    verified = subprocess.run(
+        pasarela_argv("log", "verify", "--log", postgres_url, "--json"),
+        capture_output=True, text=True, check=False,
+    )  # fmt: skip
+    assert verified.returncode == 0, verified.stdout + verified.stderr
+    logs = json.loads(verified.stdout)["logs"]
+    assert [log["log"].rsplit("#", 1)[1] for log in logs] == ["r1", "r2"]
+    assert all(log["ok"] for log in logs)
