@@ -7,7 +7,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 
-.PHONY: demo live-demo test lint typecheck unit browser bench bench-sim fuzz clean
+.PHONY: demo live-demo test lint typecheck unit browser bench bench-sim bench-log bench-replicas fuzz clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -48,6 +48,14 @@ bench: $(STAMP)
 
 bench-sim: $(STAMP)
 	$(BIN)/python bench/sim_scale.py
+
+# bench-log needs PostgreSQL (postgres@127.0.0.1:5432/test), bench-replicas Redis
+# (127.0.0.1:6379) as well; other servers: --pg-url, --redis-url (bench/README.md).
+bench-log: $(STAMP)
+	$(BIN)/python bench/log_append.py
+
+bench-replicas: $(STAMP)
+	$(BIN)/python bench/replicas.py
 
 # Long fuzzing of the HTTP app (5000 examples per property, several minutes); not in `test`.
 fuzz: $(STAMP)

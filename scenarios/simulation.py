@@ -159,6 +159,9 @@ class _Central:
     rng: random.Random
     listed: bool = False  # citizens can file to it on the portal
     outbox: deque[AtiRequest] = field(default_factory=deque)  # the portal's, for this agency
+    #: The (iss, jti) of every request it took in: a re-sent one is acknowledged again, not
+    #: taken twice (its answer to the portal may have been lost on the way).
+    taken: set[tuple[str, str]] = field(default_factory=set)
     work: Workload = field(default_factory=Workload)
     answers: deque[AtiRequest] = field(default_factory=deque)  # ready, not yet delivered
     outage_until: dt.date | None = None
@@ -219,6 +222,9 @@ class Simulation:
         self.requests: list[AtiRequest] = []
         #: Requests routed over the gateway, by number, until answered (message lookups).
         self._in_flight: dict[int, AtiRequest] = {}
+        #: The jti each request in the portal's outbox was first sent under, by number:
+        #: every re-send carries it, so the agency can tell a re-send from a new request.
+        self._jtis: dict[int, str] = {}
         self.samples: list[DaySample] = []
         self.timeline: list[dict[str, object]] = []
         self.waves: dict[str, dict[str, object]] = {}
@@ -386,14 +392,16 @@ class Simulation:
 
     # -- services: what the portal and agencies do with messages they receive ---------------
     async def _on_request(self, claims: MessageClaims, body: bytes) -> tuple[int, bytes]:
-        """AltaSaiPortal at the agency: take the request into its workload."""
+        """AltaSaiPortal at the agency: take the request into its workload, once."""
         central = self.centrals[claims.aud]
         today = day_of(self.clock.now())
         if central.outage_until is not None and today <= central.outage_until:
             return 503, encode_json({"estado": "06", "detalle": "agency system down"})
-        request = self._in_flight[number_of(json.loads(body)["NumSolicitud"])]
-        self._take(central, request, today)
-        return 200, encode_json({"estado": "00", "NumSolicitud": request.label})
+        label = json.loads(body)["NumSolicitud"]
+        if (claims.iss, claims.jti) not in central.taken:
+            central.taken.add((claims.iss, claims.jti))
+            self._take(central, self._in_flight[number_of(label)], today)
+        return 200, encode_json({"estado": "00", "NumSolicitud": label})
 
     async def _on_answer(self, claims: MessageClaims, body: bytes) -> tuple[int, bytes]:
         """AltaSaiOrganismo at the portal: the agency's answer arrives."""
@@ -607,7 +615,10 @@ class Simulation:
             state = self._state(central.code)
             if state is ConnectionState.DIRECT:
                 while central.outbox:
-                    self._take(central, central.outbox.popleft(), day)
+                    request = central.outbox.popleft()
+                    jti = self._jtis.pop(request.number, None)
+                    if jti is None or (PORTAL, jti) not in central.taken:
+                        self._take(central, request, day)  # unless it came before its ack
             elif state is ConnectionState.CONNECTED and self._portal_ready():
                 sends.append(self._send_requests(central))
         await asyncio.gather(*sends)
@@ -629,16 +640,20 @@ class Simulation:
                 "Solicitante": f"citizen-{request.number}",
                 "TextoSolicitud": "Solicito información sobre ...",
             }
+            jti = self._jtis.get(request.number)
+            if jti is None:  # drawn as connector.send would: the same draws when all goes well
+                jti = self._jtis[request.number] = connector.new_jti()
             started = self.clock.now()
             try:
-                await connector.send(to=central.code, service="ati.request", body=body)
+                await connector.send(to=central.code, service="ati.request", body=body, jti=jti)
             except ConnectorError as exc:
                 self.messages_sent += 1
                 self._observe(central.code, started, exc)
-                return  # try again on the next business day
+                return  # try again, with the same jti, on the next business day
             self.messages_sent += 1
             self._observe(central.code, started, None)
             central.outbox.popleft()
+            del self._jtis[request.number]
 
     async def _answer(self, day: dt.date) -> None:
         sends = []
