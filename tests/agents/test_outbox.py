@@ -23,8 +23,9 @@ from aiohttp import web
 from cryptography import x509
 
 from agents.connector import Connector, RetryPolicy
+from agents.dispatch import ConfStates, Dispatcher
 from agents.host import AgencyHost
-from agents.outbox import ConfStates, Dispatcher, ItemState, Outbox
+from agents.outbox import ItemState, Outbox
 from agents.verification import Directory, Identity, encode_json
 from gateway.admin import Admin
 from gateway.clock import SeededRandomness, SystemClock, SystemRandomness
