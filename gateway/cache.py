@@ -156,7 +156,11 @@ class ReplayCache:
             target.url, socket_timeout=timeout, socket_connect_timeout=timeout
         )
         cache = cls(client, target, owner=owner)
-        await cache.ping()
+        try:
+            await cache.ping()
+        except StoreUnavailable:
+            await client.aclose()
+            raise
         return cache
 
     def _key(self, kind: str, *parts: str) -> str:

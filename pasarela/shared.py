@@ -80,6 +80,8 @@ class SharedState:
                         _log.info("shared_state_reloaded", revision=self.revision)
             except StoreUnavailable as exc:  # the store's own health check says so
                 _log.warning("shared_state_unavailable", detail=str(exc))
+            except Exception:  # a bad document must not stop the following for good
+                _log.exception("shared_state_unreadable", revision=self.revision)
 
 
 async def running(shared: SharedState, gateway: Gateway) -> AsyncIterator[None]:
