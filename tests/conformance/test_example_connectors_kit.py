@@ -70,8 +70,12 @@ async def _serving(app: web.Application, port: int) -> AsyncIterator[str]:
         await runner.cleanup()
 
 
-async def _run(module: ModuleType, state: Path, **app_options: Any) -> RunReport:
-    kit_port, port = free_ports(2)
+async def _run(
+    module: ModuleType, state: Path, *, ports: list[int] | None = None, **app_options: Any
+) -> RunReport:
+    """Run the kit against ``module``'s connector; ``ports`` (the kit's, the connector's)
+    when runs overlap: chosen together, so no two runs get the same free port."""
+    kit_port, port = ports or free_ports(2)
     app = module.create_app(_settings(module, state, kit_port=kit_port, port=port), **app_options)
     async with _serving(app, port) as url:
         settings = KitSettings(connector=url, agency=AGENCY, state=state, port=kit_port, seed=3)
@@ -103,8 +107,12 @@ async def test_each_defect_fails_its_own_check_and_no_other(kit_state: Path) -> 
     """One run per defect (and with none, and with all), overlapping in one event loop."""
     defect_sets = [frozenset({name}) for name in broken.DEFECTS]
     defect_sets += [frozenset(), frozenset(broken.DEFECTS)]
+    ports = free_ports(2 * len(defect_sets))
     reports = await asyncio.gather(
-        *(_run(broken, kit_state, defects=defects) for defects in defect_sets)
+        *(
+            _run(broken, kit_state, ports=ports[2 * i : 2 * i + 2], defects=defects)
+            for i, defects in enumerate(defect_sets)
+        )
     )
     for defects, report in zip(defect_sets, reports, strict=True):
         wanted = sorted(broken.DEFECTS[name] for name in defects)
