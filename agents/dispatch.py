@@ -221,14 +221,14 @@ class Dispatcher:
             states = await self._states()
         except ConnectorError as exc:
             report.stopped = f"agency states unavailable: {exc}"
-            return report
-        limit = asyncio.Semaphore(self._concurrency)
+        else:
+            limit = asyncio.Semaphore(self._concurrency)
 
-        async def serve(agency: str, items: list[Item]) -> None:
-            async with limit:
-                await self._serve(agency, items, states, report)
+            async def serve(agency: str, items: list[Item]) -> None:
+                async with limit:
+                    await self._serve(agency, items, states, report)
 
-        await asyncio.gather(*(serve(agency, items) for agency, items in queues.items()))
+            await asyncio.gather(*(serve(agency, items) for agency, items in queues.items()))
         if self._log is not None and (report.sent or report.held or report.stopped):
             self._log(
                 "outbox-pass",

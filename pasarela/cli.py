@@ -25,7 +25,7 @@ errors = Console(stderr=True, highlight=False, soft_wrap=True)
 
 def main(argv: Sequence[str] | None = None) -> int:
     # The commands import the names above from this module: load them once it is loaded.
-    from pasarela._cli import lab, live, rehearsal
+    from pasarela._cli import lab, live, portal, rehearsal
     from pasarela._cli.parser import build_parser
 
     args = build_parser().parse_args(argv)
@@ -40,6 +40,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return live.send(args)
         if args.command == "log":
             return live.log_verify(args)
+        if args.command == "portal":
+            return portal.run(args)
         if args.command == "run":
             return rehearsal.run(args)
         if args.command == "compare":

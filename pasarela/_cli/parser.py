@@ -1,14 +1,14 @@
 """The ``pasarela`` argument parser: every command, in the order ``--help`` lists them.
 
 Each command's options are defined next to its handler, in :mod:`pasarela._cli.live`,
-:mod:`pasarela._cli.rehearsal` and :mod:`pasarela._cli.lab`.
+:mod:`pasarela._cli.portal`, :mod:`pasarela._cli.rehearsal` and :mod:`pasarela._cli.lab`.
 """
 
 from __future__ import annotations
 
 import argparse
 
-from pasarela._cli import lab, live, rehearsal
+from pasarela._cli import lab, live, portal, rehearsal
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -21,6 +21,7 @@ def build_parser() -> argparse.ArgumentParser:
     live.add_serve_parser(commands)
     live.add_agents_parser(commands)
     live.add_send_parser(commands)
+    portal.add_portal_parser(commands)
     live.add_log_parser(commands)
     rehearsal.add_run_parser(commands)
     lab.add_attack_parser(commands)
