@@ -26,14 +26,15 @@ from collections.abc import Callable
 from typing import Any, Final, Protocol
 
 from cryptography import x509
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from agents.verification import ConnectorError, Directory, VerificationFailed, verify_conf
 from gateway import protocol
 from gateway.clock import Clock
 from gateway.protocol import HEADER_SIGNATURE, LEEWAY_SECONDS, TYP_CONF, ProtocolError
-from gateway.transport import Transport, TransportError, WireRequest
+from gateway.transport import Transport, TransportError, WireRequest, WireResponse
 
-__all__ = ["ConfCache", "ConfUnavailable", "EventSink"]
+__all__ = ["ConfCache", "ConfUnavailable", "EventSink", "fetch_conf"]
 
 #: How long before the signature's ``exp`` a document is fetched again (seconds).
 REFRESH_BEFORE_EXP: Final = 60.0
@@ -153,21 +154,16 @@ class ConfCache:
     async def _fetch(self) -> None:
         now = self._clock.now()
         try:
-            response = await self._transport.send(
-                WireRequest(method="GET", url=self._url), timeout=self._timeout
-            )
-            if response.status != 200:
-                raise ConfUnavailable(f"GET {self._url} answered HTTP {response.status}")
-            signature = response.header(HEADER_SIGNATURE)
-            pinned = self._directory.gateway_key if self._directory is not None else None
-            directory = verify_conf(
-                body=response.body,
-                signature=signature,
+            directory, response = await fetch_conf(
+                self._url,
+                transport=self._transport,
                 now=now,
                 ca_certificate=self._ca,
-                pinned_key=pinned,  # without a CA: the first gateway key seen (TOFU)
+                # without a CA: the first gateway key seen (TOFU)
+                pinned_key=self._directory.gateway_key if self._directory is not None else None,
+                timeout=self._timeout,
             )
-            exp = _conf_exp(signature or "", now)
+            exp = _conf_exp(response.header(HEADER_SIGNATURE) or "", now)
         except (TransportError, VerificationFailed, ConfUnavailable) as exc:
             if self._directory is not None and now <= self._valid_until:
                 self._refresh_at = now + MIN_INTERVAL  # keep the last one, try again soon
@@ -182,6 +178,34 @@ class ConfCache:
     def _event(self, event: str, **fields: Any) -> None:
         if self._log is not None:
             self._log(event, **fields)
+
+
+async def fetch_conf(
+    url: str,
+    *,
+    transport: Transport,
+    now: float,
+    ca_certificate: x509.Certificate | None,
+    pinned_key: Ed25519PublicKey | None,
+    timeout: float,
+) -> tuple[Directory, WireResponse]:
+    """``GET url`` (a gateway's ``/v1/conf``) once and verify the document
+    (:func:`~agents.verification.verify_conf`); the directory and the response.
+
+    :raises TransportError: no answer. :raises ConfUnavailable: an error status.
+    :raises VerificationFailed: a document that does not verify.
+    """
+    response = await transport.send(WireRequest(method="GET", url=url), timeout=timeout)
+    if response.status != 200:
+        raise ConfUnavailable(f"GET {url} answered HTTP {response.status}")
+    directory = verify_conf(
+        body=response.body,
+        signature=response.header(HEADER_SIGNATURE),
+        now=now,
+        ca_certificate=ca_certificate,
+        pinned_key=pinned_key,
+    )
+    return directory, response
 
 
 def _conf_exp(signature: str, now: float) -> int:

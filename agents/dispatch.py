@@ -47,7 +47,7 @@ from typing import Final, Protocol
 from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
-from agents.conf import ConfUnavailable, EventSink
+from agents.conf import ConfUnavailable, EventSink, fetch_conf
 from agents.connector import Connector, Reply
 from agents.outbox import Item, ItemState, Outbox
 from agents.verification import (
@@ -55,12 +55,11 @@ from agents.verification import (
     Refused,
     Unreachable,
     VerificationFailed,
-    verify_conf,
 )
 from gateway.clock import Clock
-from gateway.protocol import HEADER_SIGNATURE, ProblemCode
+from gateway.protocol import ProblemCode
 from gateway.registry import ConnectionState
-from gateway.transport import Transport, TransportError, WireRequest
+from gateway.transport import Transport, TransportError
 
 __all__ = ["AgencyStates", "ConfStates", "DispatchReport", "Dispatcher"]
 
@@ -103,23 +102,18 @@ class ConfStates:
 
     async def __call__(self) -> dict[str, str]:
         try:
-            response = await self._transport.send(
-                WireRequest(method="GET", url=self._url), timeout=self._timeout
-            )
-        except TransportError as exc:
-            raise ConfUnavailable(f"GET {self._url}: {exc}") from exc
-        if response.status != 200:
-            raise ConfUnavailable(f"GET {self._url} answered HTTP {response.status}")
-        try:
-            directory = verify_conf(
-                body=response.body,
-                signature=response.header(HEADER_SIGNATURE),
+            directory, response = await fetch_conf(
+                self._url,
+                transport=self._transport,
                 now=self._clock.now(),
                 ca_certificate=self._ca,
                 pinned_key=self._pinned,
+                timeout=self._timeout,
             )
             agencies = json.loads(response.body)["agencies"]
             states = {str(a["code"]): str(a["state"]) for a in agencies}
+        except TransportError as exc:
+            raise ConfUnavailable(f"GET {self._url}: {exc}") from exc
         except VerificationFailed as exc:
             raise ConfUnavailable(f"configuration document: {exc}") from exc
         except (KeyError, TypeError, ValueError) as exc:

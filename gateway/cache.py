@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import base64
 import json
-import time
 from dataclasses import dataclass
 from typing import Any, Final
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
@@ -206,12 +205,13 @@ class ReplayCache:
         except (RedisError, OSError) as exc:
             raise self._lost(exc) from exc
 
-    async def take(self, iss: str, *, rate: float, burst: float) -> float | None:
-        """Take one token of ``iss``'s global bucket; None, or seconds to wait."""
+    async def take(self, iss: str, *, rate: float, burst: float, now: float) -> float | None:
+        """Take one token of ``iss``'s global bucket at time ``now`` (the replicas' clocks
+        must agree: they are the machines' wall clocks); None, or seconds to wait."""
         ttl = max(1.0, burst / rate * 2)
         try:
             granted, wait = await self._take(
-                keys=[self._key("bucket", iss)], args=[time.time(), rate, burst, _ms(ttl)]
+                keys=[self._key("bucket", iss)], args=[now, rate, burst, _ms(ttl)]
             )
         except (RedisError, OSError) as exc:
             raise self._lost(exc) from exc

@@ -194,15 +194,19 @@ class Gateway:
         claims = decision.claims
         assert claims is not None
         seen = self._seen[(claims.iss, claims.jti)]
-        fields = {**_claims_fields(claims), "outcome": "retried"}
-        record = self.log.append(LogEntry(kind="retry", at=self.clock.now(), fields=fields))
-        self.metrics.messages.labels("retried", "").inc()
-        await self.log.sync(record.seq)
+        await self._log_retry(claims)
         await asyncio.wait([seen.outcome])
         if seen.outcome.cancelled():
             # The first attempt failed transiently and was forgotten: this one goes through.
             return await self._relay(request)
         return seen.outcome.result()
+
+    async def _log_retry(self, claims: MessageClaims) -> None:
+        """A retry answered with the original outcome: one ``retry`` record, durable."""
+        fields = {**_claims_fields(claims), "outcome": "retried"}
+        record = self.log.append(LogEntry(kind="retry", at=self.clock.now(), fields=fields))
+        self.metrics.messages.labels("retried", "").inc()
+        await self.log.sync(record.seq)
 
     async def _shared(self, decision: Decision, request: WireRequest) -> WireResponse | None:
         """Claim the message in the shared cache and take a global rate token.
@@ -232,10 +236,7 @@ class Gateway:
                 )
                 return await self.refuse(replay, source=request.peer)
             if claim.outcome is not None:
-                fields = {**_claims_fields(claims), "outcome": "retried"}
-                record = self.log.append(LogEntry(kind="retry", at=self.clock.now(), fields=fields))
-                self.metrics.messages.labels("retried", "").inc()
-                await self.log.sync(record.seq)
+                await self._log_retry(claims)
                 return claim.outcome
             if self.clock.now() >= deadline:
                 return problem_response(
@@ -246,7 +247,9 @@ class Gateway:
                 )
             await asyncio.sleep(0.05)
         limits = self.config.limits
-        wait = await cache.take(claims.iss, rate=limits.rate_per_second, burst=limits.burst)
+        wait = await cache.take(
+            claims.iss, rate=limits.rate_per_second, burst=limits.burst, now=self.clock.now()
+        )
         if wait is None:
             return None
         await cache.release(claims.iss, claims.jti)

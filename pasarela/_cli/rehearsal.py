@@ -23,13 +23,8 @@ def add_run_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]
     parser.add_argument("--seed", type=int, default=None, help="override the scenario's seed")
     parser.add_argument("--out", type=Path, default=Path("out"), help="output directory (out/)")
     parser.add_argument("--quiet", action="store_true", help="no progress bar or tables")
-    parser.add_argument(
-        "--set",
-        dest="overrides",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="set a key (TOML value) without editing the file, e.g. plan.waves[0].agencies=25",
+    _add_set_option(
+        parser, "set a key (TOML value) without editing the file, e.g. plan.waves[0].agencies=25"
     )
     _add_report_option(parser)
 
@@ -41,13 +36,8 @@ def add_plan_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser
         "validate", help="check a plan can finish (before running it); exit 2 if it cannot"
     )
     action.add_argument("scenario", type=Path, metavar="SCENARIO.toml")
-    action.add_argument(
-        "--set",
-        dest="overrides",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="set a key (TOML value) before checking, e.g. plan.onboarding_capacity=5",
+    _add_set_option(
+        action, "set a key (TOML value) before checking, e.g. plan.onboarding_capacity=5"
     )
 
 
@@ -55,14 +45,7 @@ def add_compare_parser(commands: argparse._SubParsersAction[argparse.ArgumentPar
     parser = commands.add_parser("compare", help="run several plans and compare them")
     parser.add_argument("scenarios", type=Path, nargs="+", metavar="SCENARIO.toml")
     parser.add_argument("--seed", type=int, default=None, help="the same seed for every plan")
-    parser.add_argument(
-        "--set",
-        dest="overrides",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="set a key (TOML value) in every scenario, e.g. plan.check_failure=0.3",
-    )
+    _add_set_option(parser, "set a key (TOML value) in every scenario, e.g. plan.check_failure=0.3")
     parser.add_argument(
         "--sweep",
         default=None,
@@ -72,6 +55,13 @@ def add_compare_parser(commands: argparse._SubParsersAction[argparse.ArgumentPar
     parser.add_argument("--out", type=Path, default=Path("out/compare"), help="out/compare/")
     parser.add_argument("--jobs", type=int, default=None, help="plans run at once (cores)")
     _add_report_option(parser)
+
+
+def _add_set_option(parser: argparse.ArgumentParser, text: str) -> None:
+    """``--set KEY=VALUE``, repeatable: a scenario key (TOML value) without editing the file."""
+    parser.add_argument(
+        "--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE", help=text
+    )
 
 
 def _add_report_option(*commands: argparse.ArgumentParser) -> None:

@@ -8,7 +8,6 @@ from typing import Any
 
 from gateway.protocol import (
     LEEWAY_SECONDS,
-    MAX_LIFETIME_SECONDS,
     ProblemCode,
     body_digest,
 )
@@ -21,7 +20,7 @@ from pasarela.conformance.actions import (
     refuse,
     relay,
 )
-from pasarela.conformance.judging import string_other_than, token_shape, within
+from pasarela.conformance.judging import message_claims, string_other_than, token_shape
 from pasarela.conformance.model import (
     Check,
     Difference,
@@ -113,21 +112,19 @@ async def signs(session: Session) -> None:
     (arrival, *_) = _arrived(session, case, trigger)
     agency = session.settings.agency
     kids = {r.kid for r in session.gateway.trust.current_keys(agency)}
-    now = int(arrival.exchange.started)
     got = arrival.claims
-    iat = got.get("iat") if isinstance(got, dict) else None
-    base = iat if isinstance(iat, int) else now
     expected = {
         "header": token_shape(arrival.token or "", kids),
-        "claims": {
-            "iss": agency,
-            "aud": session.peer.code,
-            "svc": session.settings.service,
-            "jti": string_other_than(),
-            "bh": body_digest(arrival.body),
-            "iat": within(now - LEEWAY_SECONDS, now + LEEWAY_SECONDS, "the time of sending"),
-            "exp": within(base + 1, base + MAX_LIFETIME_SECONDS, "iat + at most 300 s"),
-        },
+        "claims": message_claims(
+            iss=agency,
+            aud=session.peer.code,
+            svc=session.settings.service,
+            bh=body_digest(arrival.body),
+            now=int(arrival.exchange.started),
+            slack=LEEWAY_SECONDS,
+            iat=got.get("iat") if isinstance(got, dict) else None,
+            used=(),
+        ),
         "body": payload,
         "gateway": "accepted",
     }

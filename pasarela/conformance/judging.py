@@ -7,6 +7,7 @@ from typing import Any
 
 from gateway.protocol import (
     HEADER_SIGNATURE,
+    MAX_LIFETIME_SECONDS,
     PROBLEM_CONTENT_TYPE,
     TYP_MESSAGE,
     ProblemCode,
@@ -19,6 +20,7 @@ __all__ = [
     "answered",
     "expect_accepted",
     "expect_refusal",
+    "message_claims",
     "string_other_than",
     "token_shape",
     "within",
@@ -104,6 +106,24 @@ def string_other_than(*others: Any) -> Callable[[Any], str | None]:
         return "a new message id (a string not used before)"
 
     return judge
+
+
+def message_claims(
+    *, iss: str, aud: str, svc: str, bh: str, now: int, slack: int, iat: Any, used: tuple[str, ...]
+) -> dict[str, Any]:
+    """What the claims of a message or answer must be (protocol.md section 5): the
+    parties, the service and the body digest, a ``jti`` not among ``used``, ``iat`` within
+    ``slack`` of ``now`` and ``exp`` at most 300 s after ``iat``."""
+    base = iat if isinstance(iat, int) and not isinstance(iat, bool) else now
+    return {
+        "iss": iss,
+        "aud": aud,
+        "svc": svc,
+        "jti": string_other_than(*used),
+        "bh": bh,
+        "iat": within(now - slack, now + slack, "the time of sending"),
+        "exp": within(base + 1, base + MAX_LIFETIME_SECONDS, "iat + at most 300 s"),
+    }
 
 
 def token_shape(token: str, kids: set[str]) -> dict[str, Any]:

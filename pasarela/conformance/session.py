@@ -59,10 +59,21 @@ from pasarela.conformance.model import (
     KitSettings,
 )
 
-__all__ = ["HEADER_TEST_CASE", "Arrival", "KitSettings", "Session"]
+__all__ = ["HEADER_TEST_CASE", "Arrival", "KitSettings", "Sent", "Session"]
 
 HEADER_TEST_CASE = "Pasarela-Test-Case"
 PEER_ORIGIN = "http://peer.conformance.invalid"
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Sent:
+    """A delivery the kit made: what it sent (to send again) and the exchange."""
+
+    exchange: Exchange
+    body: bytes
+    token: str
+    receipt: str
+    claims: MessageClaims
 
 
 @dataclass(slots=True, kw_only=True)
@@ -301,11 +312,13 @@ class Session:
             self.successes += 1
         return exchange
 
-    async def valid_delivery(self, case: str, body: bytes | None = None) -> Exchange:
+    async def valid_delivery(self, case: str, body: bytes | None = None) -> Sent:
+        """A valid message from the peer, with the gateway's receipt, delivered."""
         payload = body if body is not None else self.message_body(case)
         token, claims = self.sign_request(payload)
         receipt = self.receipt(claims)
-        return await self.deliver(case, body=payload, token=token, receipt=receipt, valid=True)
+        exchange = await self.deliver(case, body=payload, token=token, receipt=receipt, valid=True)
+        return Sent(exchange=exchange, body=payload, token=token, receipt=receipt, claims=claims)
 
     # -- the kit as gateway: triggers and what arrives ----------------------------------
     async def trigger(self, case: str, body: Any) -> Exchange:
