@@ -243,6 +243,36 @@ class PostgresLogStore:
         self._head = (records[-1].seq, records[-1].hash)
 
     async def _write(self, records: Sequence[LogRecord]) -> None:
+        # The chain has one writer (the advisory lock), so the head this store last wrote
+        # is the stored one: append without reading it back. Only when the rows are already
+        # there (a commit whose acknowledgement was lost) is the stored chain read.
+        if self._continues_head(records):
+            try:
+                async with self._pool.acquire() as conn, conn.transaction():
+                    await self._copy(conn, records)
+            except asyncpg.UniqueViolationError:
+                pass
+            else:
+                return
+        await self._reconcile(records)
+
+    def _continues_head(self, records: Sequence[LogRecord]) -> bool:
+        seq, digest = self._head or (0, GENESIS_HASH)
+        try:
+            check_continues(records, (seq, digest) if seq else None)
+        except ValueError:
+            return False
+        return True
+
+    async def _copy(self, conn: Any, records: Sequence[LogRecord]) -> None:
+        rows = [
+            (r.seq, r.at, r.kind, canonical_json(r.fields), r.prev, r.hash, self.chain)
+            for r in records
+        ]
+        await conn.copy_records_to_table("log", records=rows, columns=_COLUMNS)
+
+    async def _reconcile(self, records: Sequence[LogRecord]) -> None:
+        """Write ``records`` after what the chain really holds (skipping stored ones)."""
         async with self._pool.acquire() as conn, conn.transaction():
             head = await conn.fetchrow(_HEAD, self.chain)
             seq, digest = (0, GENESIS_HASH) if head is None else (head["seq"], head["hash"])
@@ -264,11 +294,7 @@ class PostgresLogStore:
                 records = records[len(stored) :]
             check_continues(records, (seq, digest) if seq else None)
             if records:
-                rows = [
-                    (r.seq, r.at, r.kind, canonical_json(r.fields), r.prev, r.hash, self.chain)
-                    for r in records
-                ]
-                await conn.copy_records_to_table("log", records=rows, columns=_COLUMNS)
+                await self._copy(conn, records)
 
     async def chains(self) -> list[str]:
         """The chains the schema holds (one per replica that wrote), by name."""

@@ -204,3 +204,22 @@ async def test_documents_are_seeded_once_and_bumped_atomically(postgres_url: str
         }
     finally:
         await store.close()
+
+
+async def test_records_whose_commit_was_not_acknowledged_are_not_written_twice(
+    postgres_url: str,
+) -> None:
+    """The connection lost after COMMIT: the store still holds the old head, the log sends
+    the batch again, and only what is missing is added."""
+    store = await PostgresLogStore.open(postgres_url)
+    try:
+        records = build_records(5)
+        await store.write(records[:3])
+        store._head = None  # as if the acknowledgement of that commit never came
+        await store.write(records)
+        assert [r.seq async for r in store.iter_records()] == [1, 2, 3, 4, 5]
+        assert store.head() == (5, records[-1].hash)
+        with pytest.raises(ValueError, match="differ from the stored chain"):
+            await store.write(build_records(2, prev="x" * 43))
+    finally:
+        await store.close()
